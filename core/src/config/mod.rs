@@ -1,0 +1,9 @@
+//! Config sources and the per-object validation they share.
+
+mod file;
+mod object;
+mod store;
+
+pub use file::{parse_documents, FileSource};
+pub use object::{Object, ObjectRef, Rejection};
+pub use store::{Resource, Snapshot, Store};

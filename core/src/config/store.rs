@@ -1,0 +1,119 @@
+//! Turns a full set of documents into validated resources, one object at a time.
+//!
+//! An invalid object is rejected alone. If an earlier version of the same object was valid,
+//! that version keeps serving: a typo must never silently drop a pod or widen access.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Namespace as K8sNamespace;
+
+use super::object::{self, Object, ObjectRef, Parsed, Rejection};
+use crate::state::{Namespace, Service, Workload};
+
+/// A validated object in our internal form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Namespace(Namespace),
+    Workload(Workload),
+    Service(Service),
+}
+
+/// What one update produced: every resource that serves, and every rejection.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub resources: BTreeMap<ObjectRef, Resource>,
+    pub rejections: Vec<Rejection>,
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    last_good: BTreeMap<ObjectRef, Resource>,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Applies the complete current set of documents (objects absent from it are deleted).
+    pub fn update(&mut self, docs: impl IntoIterator<Item = serde_json::Value>) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for doc in docs {
+            let rejection = match object::parse(doc) {
+                Parsed::Ignored => continue,
+                Parsed::Object(oref, obj) => match convert(&oref, &obj) {
+                    Ok(resource) => {
+                        snapshot.resources.insert(oref, resource);
+                        continue;
+                    }
+                    Err(r) => r,
+                },
+                Parsed::Rejected(r) => r,
+            };
+            if let Some(previous) = self.last_good.get(&rejection.object) {
+                snapshot
+                    .resources
+                    .insert(rejection.object.clone(), previous.clone());
+                snapshot.rejections.push(Rejection {
+                    message: format!("{}; keeping its last valid version", rejection.message),
+                    ..rejection
+                });
+            } else {
+                snapshot.rejections.push(rejection);
+            }
+        }
+        self.last_good = snapshot.resources.clone();
+        snapshot
+    }
+}
+
+fn convert(oref: &ObjectRef, obj: &Object) -> Result<Resource, Rejection> {
+    match obj {
+        Object::Namespace(ns) => Ok(Resource::Namespace(namespace(ns))),
+        Object::Pod(pod) => Workload::try_from_pod(oref, pod).map(Resource::Workload),
+        Object::Service(svc) => Service::try_from_k8s(oref, svc).map(Resource::Service),
+    }
+}
+
+fn namespace(ns: &K8sNamespace) -> Namespace {
+    Namespace {
+        name: ns.metadata.name.clone().unwrap_or_default(),
+        labels: ns.metadata.labels.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, port: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+               "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"containerPort": port}]}]},
+               "status": {"podIP": "10.0.0.1"}})
+    }
+
+    #[test]
+    fn invalid_object_is_rejected_alone() {
+        let mut store = Store::default();
+        let s = store.update([pod("good", json!(80)), pod("bad", json!(-1))]);
+        assert_eq!(s.resources.len(), 1);
+        assert_eq!(s.rejections.len(), 1);
+        assert_eq!(
+            s.rejections[0].to_string(),
+            "Pod default/bad: spec.containers[0].ports[0].containerPort: -1 is not a port number"
+        );
+    }
+
+    #[test]
+    fn keeps_last_good_version_of_a_broken_object() {
+        let mut store = Store::default();
+        let first = store.update([pod("a", json!(80))]);
+        let second = store.update([pod("a", json!("x"))]);
+        assert_eq!(first.resources, second.resources);
+        assert!(second.rejections[0]
+            .message
+            .contains("keeping its last valid version"));
+        // Deleting it for real removes it.
+        assert!(store.update([]).resources.is_empty());
+    }
+}

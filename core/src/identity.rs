@@ -1,0 +1,120 @@
+//! SPIFFE workload identities: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("identity {0:?} does not start with spiffe://")]
+    NotSpiffe(String),
+    #[error("identity {0:?} is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
+    BadPath(String),
+}
+
+/// A workload identity. Cheap to clone: identities are map keys on the data path.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    trust_domain: Arc<str>,
+    namespace: Arc<str>,
+    service_account: Arc<str>,
+}
+
+// === impl Identity ===
+
+impl Identity {
+    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn service_account(&self) -> &str {
+        &self.service_account
+    }
+
+    /// The URI form without `spiffe://`, as AuthorizationPolicy `principals` write it.
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Identity {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| Error::NotSpiffe(s.to_string()))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+                Ok(Identity::new(td, ns, sa))
+            }
+            _ => Err(Error::BadPath(s.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let id: Identity = "spiffe://cluster.local/ns/default/sa/todoui"
+            .parse()
+            .unwrap();
+        assert_eq!(id.trust_domain(), "cluster.local");
+        assert_eq!(id.namespace(), "default");
+        assert_eq!(id.service_account(), "todoui");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/todoui"
+        );
+        assert_eq!(id.principal(), "cluster.local/ns/default/sa/todoui");
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/a",
+            "spiffe://cluster.local/ns//sa/b",
+            "spiffe:///ns/a/sa/b",
+            "spiffe://td/ns/a/sa/b/extra",
+            "spiffe://td/lanyard/node/n1",
+        ] {
+            assert!(bad.parse::<Identity>().is_err(), "{bad} should be rejected");
+        }
+    }
+}

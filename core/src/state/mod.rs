@@ -1,0 +1,333 @@
+//! The mesh as one node sees it: namespaces, workloads and services, indexed for the data
+//! path. A `MeshState` is immutable once built; updates build a new one off to the side and
+//! publish it whole (`watch::Sender<Arc<MeshState>>`), so readers never wait on a writer.
+
+mod service;
+mod workload;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use serde_json::json;
+
+pub use service::{Service, ServicePort, TargetPort};
+pub use workload::{Workload, DATAPLANE_MODE_LABEL};
+
+use crate::config::{Rejection, Resource, Snapshot};
+
+/// Mesh-wide settings that shape how objects are read.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub trust_domain: String,
+    pub cluster_domain: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One endpoint of a service port: the workload and the port it listens on.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub workload: Arc<Workload>,
+    pub port: u16,
+}
+
+#[derive(Debug, Default)]
+pub struct MeshState {
+    namespaces: HashMap<String, Namespace>,
+    workloads: BTreeMap<String, Arc<Workload>>,
+    by_ip: HashMap<Ipv4Addr, Arc<Workload>>,
+    services: BTreeMap<(String, String), Arc<Service>>,
+    by_vip: HashMap<Ipv4Addr, Arc<Service>>,
+    /// (namespace, name, service port) -> ready endpoints.
+    endpoints: HashMap<(String, String, u16), Arc<[Endpoint]>>,
+    rejections: Vec<Rejection>,
+    trust_domain: String,
+    cluster_domain: String,
+}
+
+// === impl MeshState ===
+
+impl MeshState {
+    pub fn build(snapshot: Snapshot, settings: &Settings) -> Self {
+        let mut state = MeshState {
+            rejections: snapshot.rejections,
+            trust_domain: settings.trust_domain.clone(),
+            cluster_domain: settings.cluster_domain.clone(),
+            ..Default::default()
+        };
+        for resource in snapshot.resources.into_values() {
+            match resource {
+                Resource::Namespace(ns) => {
+                    state.namespaces.insert(ns.name.clone(), ns);
+                }
+                Resource::Workload(w) => {
+                    let w = Arc::new(w);
+                    if let (Some(ip), false) = (w.ip, w.host_network) {
+                        state.by_ip.insert(ip, w.clone());
+                    }
+                    state.workloads.insert(w.uid.clone(), w);
+                }
+                Resource::Service(s) => {
+                    let s = Arc::new(s);
+                    for vip in &s.vips {
+                        state.by_vip.insert(*vip, s.clone());
+                    }
+                    state
+                        .services
+                        .insert((s.namespace.clone(), s.name.clone()), s);
+                }
+            }
+        }
+        state.endpoints = state.compute_endpoints();
+        state
+    }
+
+    fn compute_endpoints(&self) -> HashMap<(String, String, u16), Arc<[Endpoint]>> {
+        let mut out = HashMap::new();
+        for svc in self.services.values() {
+            let Some(selector) = &svc.selector else {
+                continue;
+            };
+            let members: Vec<&Arc<Workload>> = self
+                .workloads
+                .values()
+                .filter(|w| w.namespace == svc.namespace && w.ready && w.ip.is_some())
+                .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                .collect();
+            for sp in &svc.ports {
+                let eps: Vec<Endpoint> = members
+                    .iter()
+                    .filter_map(|w| {
+                        let port = match &sp.target_port {
+                            TargetPort::Number(n) => *n,
+                            TargetPort::Named(name) => *w.named_ports.get(name)?,
+                        };
+                        Some(Endpoint {
+                            workload: (*w).clone(),
+                            port,
+                        })
+                    })
+                    .collect();
+                out.insert(
+                    (svc.namespace.clone(), svc.name.clone(), sp.port),
+                    eps.into(),
+                );
+            }
+        }
+        out
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn cluster_domain(&self) -> &str {
+        &self.cluster_domain
+    }
+
+    pub fn rejections(&self) -> &[Rejection] {
+        &self.rejections
+    }
+
+    pub fn workload_count(&self) -> usize {
+        self.workloads.len()
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    pub fn workload_by_ip(&self, ip: Ipv4Addr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(&ip)
+    }
+
+    pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(uid)
+    }
+
+    pub fn service_by_vip(&self, ip: Ipv4Addr) -> Option<&Arc<Service>> {
+        self.by_vip.get(&ip)
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn endpoints(&self, svc: &Service, port: u16) -> Arc<[Endpoint]> {
+        self.endpoints
+            .get(&(svc.namespace.clone(), svc.name.clone(), port))
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// Workloads scheduled on `node` (meshed or not).
+    pub fn workloads_on_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
+        self.workloads
+            .values()
+            .filter(move |w| w.node.as_deref() == Some(node))
+    }
+
+    /// Whether the mesh captures this workload's traffic: Istio's ambient rule. The pod label
+    /// wins (`none` opts out, `ambient` opts in); otherwise the namespace label decides.
+    pub fn is_captured(&self, w: &Workload) -> bool {
+        if w.host_network {
+            return false;
+        }
+        match w.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+            Some("none") => false,
+            Some("ambient") => true,
+            _ => self
+                .namespaces
+                .get(&w.namespace)
+                .and_then(|ns| ns.labels.get(DATAPLANE_MODE_LABEL))
+                .is_some_and(|m| m == "ambient"),
+        }
+    }
+
+    /// The state as JSON for `/config_dump`. Written by hand: core types are not `Serialize`,
+    /// so the wire form can change without the internal one.
+    pub fn dump(&self) -> serde_json::Value {
+        let workloads: Vec<_> = self
+            .workloads
+            .values()
+            .map(|w| {
+                json!({"uid": w.uid, "name": w.name, "namespace": w.namespace,
+                       "serviceAccount": w.service_account, "node": w.node,
+                       "ip": w.ip.map(|i| i.to_string()), "ready": w.ready,
+                       "captured": self.is_captured(w),
+                       "identity": w.identity(&self.trust_domain).to_string()})
+            })
+            .collect();
+        let services: Vec<_> = self
+            .services
+            .values()
+            .map(|s| {
+                let ports: Vec<_> = s
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let eps: Vec<_> = self
+                            .endpoints(s, p.port)
+                            .iter()
+                            .map(|e| format!("{}:{}", e.workload.ip.map(|i| i.to_string()).unwrap_or_default(), e.port))
+                            .collect();
+                        json!({"port": p.port, "name": p.name, "appProtocol": p.app_protocol, "endpoints": eps})
+                    })
+                    .collect();
+                json!({"name": s.name, "namespace": s.namespace, "vips": s.vips.iter().map(|v| v.to_string()).collect::<Vec<_>>(), "ports": ports})
+            })
+            .collect();
+        let mut namespaces: Vec<_> = self
+            .namespaces
+            .values()
+            .map(|n| json!({"name": n.name, "labels": n.labels}))
+            .collect();
+        namespaces.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        let rejections: Vec<_> = self.rejections.iter().map(|r| r.to_string()).collect();
+        json!({"trustDomain": self.trust_domain, "namespaces": namespaces, "workloads": workloads,
+               "services": services, "rejected": rejections})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_documents, Store};
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend-1, namespace: demo, uid: u1, labels: {app: backend}}
+spec:
+  nodeName: n1
+  serviceAccountName: backend
+  containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 10.1.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend-2, namespace: demo, uid: u2, labels: {app: backend, istio.io/dataplane-mode: none}}
+spec: {nodeName: n2, containers: [{name: c, ports: [{name: http, containerPort: 9090}]}]}
+status: {podIP: 10.1.2.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: other, uid: u3}
+spec: {nodeName: n1, containers: [{name: c}]}
+status: {podIP: 10.1.1.9}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: backend}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#;
+
+    fn state() -> MeshState {
+        let snap = Store::default().update(parse_documents(MESH).unwrap());
+        assert!(snap.rejections.is_empty(), "{:?}", snap.rejections);
+        MeshState::build(snap, &Settings::default())
+    }
+
+    #[test]
+    fn endpoints_resolve_named_target_ports() {
+        let s = state();
+        let svc = s.service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
+        let mut eps: Vec<_> = s
+            .endpoints(svc, 80)
+            .iter()
+            .map(|e| (e.workload.name.clone(), e.port))
+            .collect();
+        eps.sort();
+        assert_eq!(
+            eps,
+            vec![("backend-1".into(), 8080), ("backend-2".into(), 9090)]
+        );
+        assert_eq!(
+            svc.hostname(s.cluster_domain()),
+            "backend.demo.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn capture_follows_namespace_and_pod_labels() {
+        let s = state();
+        let get = |ip: &str| s.workload_by_ip(ip.parse().unwrap()).unwrap().clone();
+        assert!(s.is_captured(&get("10.1.1.2")));
+        assert!(!s.is_captured(&get("10.1.2.2")), "pod label none opts out");
+        assert!(!s.is_captured(&get("10.1.1.9")), "namespace without label");
+        assert_eq!(
+            get("10.1.1.2").identity("cluster.local").to_string(),
+            "spiffe://cluster.local/ns/demo/sa/backend"
+        );
+        assert_eq!(s.workloads_on_node("n1").count(), 2);
+    }
+}

@@ -1,0 +1,123 @@
+//! A Service: virtual IPs, ports, and the selector that picks its endpoints.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service as K8sService;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::config::{ObjectRef, Rejection};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Named(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub vips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    /// None: endpoints are not managed by selector (we then have none).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub labels: BTreeMap<String, String>,
+}
+
+// === impl Service ===
+
+impl Service {
+    /// `name.namespace.svc.<domain>`, as Istio's `destination_service` label shows it.
+    pub fn hostname(&self, cluster_domain: &str) -> String {
+        format!("{}.{}.svc.{}", self.name, self.namespace, cluster_domain)
+    }
+
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    pub fn try_from_k8s(object: &ObjectRef, svc: &K8sService) -> Result<Self, Rejection> {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let mut raw_ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+        if raw_ips.is_empty() {
+            raw_ips.extend(spec.cluster_ip.clone());
+        }
+        let mut vips = Vec::new();
+        for (i, raw) in raw_ips.iter().enumerate() {
+            if raw.is_empty() || raw == "None" {
+                continue;
+            }
+            // IPv6 VIPs are valid Kubernetes but outside what the IPv4 data path carries.
+            if raw.contains(':') {
+                continue;
+            }
+            let ip = raw.parse::<Ipv4Addr>().map_err(|_| {
+                Rejection::new(
+                    object,
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("{raw:?} is not an IP address"),
+                )
+            })?;
+            vips.push(ip);
+        }
+        let mut ports = Vec::new();
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            if p.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
+                continue;
+            }
+            let port = u16::try_from(p.port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    Rejection::new(
+                        object,
+                        format!("spec.ports[{i}].port"),
+                        format!("{} is not a port number", p.port),
+                    )
+                })?;
+            let target_port = match &p.target_port {
+                None => TargetPort::Number(port),
+                Some(IntOrString::Int(n)) => TargetPort::Number(
+                    u16::try_from(*n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                        Rejection::new(
+                            object,
+                            format!("spec.ports[{i}].targetPort"),
+                            format!("{n} is not a port number"),
+                        )
+                    })?,
+                ),
+                Some(IntOrString::String(s)) if s.is_empty() => {
+                    return Err(Rejection::new(
+                        object,
+                        format!("spec.ports[{i}].targetPort"),
+                        "must not be empty",
+                    ))
+                }
+                Some(IntOrString::String(s)) => TargetPort::Named(s.clone()),
+            };
+            ports.push(ServicePort {
+                name: p.name.clone(),
+                port,
+                target_port,
+                app_protocol: p.app_protocol.clone(),
+            });
+        }
+        Ok(Service {
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            namespace: object.namespace.clone().unwrap_or_default(),
+            vips,
+            ports,
+            selector: spec.selector.clone().filter(|s| !s.is_empty()),
+            labels: svc.metadata.labels.clone().unwrap_or_default(),
+        })
+    }
+}

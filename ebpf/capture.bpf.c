@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* Lanyard traffic capture.
+ *
+ * Outbound: cgroup/connect4 rewrites the destination of TCP connects from enrolled network
+ * namespaces to the agent's listener in that same namespace and remembers the original
+ * destination by socket cookie; sockops re-keys it by (netns cookie, source address) once the
+ * source port is known, because that is all the agent can see from the accepting side.
+ *
+ * Inbound: sk_lookup, attached to each enrolled pod netns, hands TCP connections that arrive
+ * from the network (never loopback: that is the agent talking to the app) to the agent's
+ * plaintext listener, keeping the original destination as the socket's local address.
+ *
+ * Each entry point is thin; the logic lives in try_*() which returns an error as negative. */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "lanyard.h"
+
+#define LOOPBACK_IFINDEX 1
+#define SOL_SOCKET 1
+#define SO_MARK 36
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u64);
+    __type(value, struct lanyard_netns);
+} enrolled SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, struct lanyard_orig_dst);
+} orig_dst_by_cookie SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct lanyard_conn_key);
+    __type(value, struct lanyard_orig_dst);
+} orig_dst_by_tuple SEC(".maps");
+
+/* pod IPv4 (network order) -> the agent's plaintext inbound listener in that pod's netns. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);
+    __type(value, __u64);
+} inbound_listeners SEC(".maps");
+
+static __always_inline int is_loopback(__u32 ip4_be)
+{
+    return (bpf_ntohl(ip4_be) >> 24) == 127;
+}
+
+static __always_inline int try_connect4(struct bpf_sock_addr *ctx)
+{
+    if (ctx->protocol != IPPROTO_TCP)
+        return 0;
+    __u32 dst = ctx->user_ip4;
+    if (is_loopback(dst))
+        return 0;
+
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    struct lanyard_netns *ns = bpf_map_lookup_elem(&enrolled, &netns);
+    if (!ns)
+        return 0;
+
+    int mark = 0;
+    if (bpf_getsockopt(ctx, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0 &&
+        (mark & LANYARD_MARK_MASK) == LANYARD_MARK_VALUE)
+        return 0;
+
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    struct lanyard_orig_dst orig = {
+        .ip4 = dst,
+        .port = bpf_ntohs((__u16)ctx->user_port),
+    };
+    if (bpf_map_update_elem(&orig_dst_by_cookie, &cookie, &orig, BPF_ANY) != 0)
+        return -1; /* without the original destination the agent could not proxy: leave it */
+
+    ctx->user_ip4 = ns->redirect_ip4;
+    ctx->user_port = bpf_htons(ns->redirect_port);
+    return 0;
+}
+
+SEC("cgroup/connect4")
+int lanyard_connect4(struct bpf_sock_addr *ctx)
+{
+    try_connect4(ctx);
+    return 1; /* never refuse an application's connect */
+}
+
+static __always_inline int try_sockops(struct bpf_sock_ops *skops)
+{
+    if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+        return 0;
+    __u64 cookie = bpf_get_socket_cookie(skops);
+    struct lanyard_orig_dst *orig = bpf_map_lookup_elem(&orig_dst_by_cookie, &cookie);
+    if (!orig)
+        return 0;
+    struct lanyard_conn_key key = {
+        .netns_cookie = bpf_get_netns_cookie(skops),
+        .src_ip4 = skops->local_ip4,
+        .src_port = (__u16)skops->local_port,
+    };
+    struct lanyard_orig_dst value = *orig;
+    bpf_map_delete_elem(&orig_dst_by_cookie, &cookie);
+    if (bpf_map_update_elem(&orig_dst_by_tuple, &key, &value, BPF_ANY) != 0)
+        return -1;
+    return 0;
+}
+
+SEC("sockops")
+int lanyard_sockops(struct bpf_sock_ops *skops)
+{
+    try_sockops(skops);
+    return 1;
+}
+
+static __always_inline int try_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+    if (ctx->protocol != IPPROTO_TCP || ctx->family != 2 /* AF_INET */)
+        return 0;
+    if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+        return 0;
+    __u32 port = ctx->local_port;
+    if (port == LANYARD_HBONE_PORT || port == LANYARD_INBOUND_PLAINTEXT_PORT ||
+        port == LANYARD_OUTBOUND_PORT)
+        return 0;
+
+    __u32 key = ctx->local_ip4;
+    struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_listeners, &key);
+    if (!sk)
+        return 0;
+    long err = bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk);
+    return err;
+}
+
+SEC("sk_lookup")
+int lanyard_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+    try_sk_lookup(ctx);
+    return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
