@@ -10,6 +10,9 @@
 //!
 //! Nothing here knows about eBPF, network namespaces or Kubernetes API clients.
 
+pub mod ca;
 pub mod config;
 pub mod identity;
+pub mod secrets;
 pub mod state;
+pub mod tls;
