@@ -12,6 +12,7 @@
 
 pub mod ca;
 pub mod config;
+pub mod hbone;
 pub mod identity;
 pub mod secrets;
 pub mod state;

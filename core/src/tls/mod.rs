@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
+use crate::identity::Identity;
+
 pub use cert::{identities_in, WorkloadCert};
 pub use verify::{peer_identity, ExpectedIdentity};
 
@@ -29,6 +31,38 @@ pub enum Error {
     Rustls(#[from] rustls::Error),
     #[error("building client certificate verifier: {0}")]
     Verifier(String),
+    #[error("TLS handshake: {0}")]
+    Handshake(#[from] std::io::Error),
+}
+
+/// Client side of an HBONE TLS session: presents `cert`, requires the server to be `expected`.
+pub async fn connect<IO>(
+    io: IO,
+    cert: &WorkloadCert,
+    expected: &Identity,
+) -> Result<tokio_rustls::client::TlsStream<IO>, Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let connector = tokio_rustls::TlsConnector::from(cert.client_config(expected)?);
+    // SPIFFE certificates have no DNS name; the verifier checks the identity instead.
+    let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+    Ok(connector.connect(name, io).await?)
+}
+
+/// Server side: presents `cert`, requires a client certificate from `trust_domain`.
+pub async fn accept<IO>(
+    io: IO,
+    cert: &WorkloadCert,
+    trust_domain: &str,
+) -> Result<(tokio_rustls::server::TlsStream<IO>, Identity), Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config());
+    let tls = acceptor.accept(io).await?;
+    let peer = peer_identity(tls.get_ref().1, trust_domain)?;
+    Ok((tls, peer))
 }
 
 /// ring with TLS 1.3 suites only.

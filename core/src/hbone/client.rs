@@ -1,0 +1,124 @@
+//! The HBONE client side: one HTTP/2 connection over TLS, many `CONNECT` streams.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{HeaderMap, Method, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::{Error, H2Stream, Settings};
+
+/// One tunnel to open on a connection.
+pub struct ConnectRequest {
+    pub authority: SocketAddr,
+    pub headers: HeaderMap,
+}
+
+/// A live HBONE client connection. Clones share the connection.
+#[derive(Clone)]
+pub struct Connection {
+    send: SendRequest<Bytes>,
+    active: Arc<AtomicUsize>,
+    closed: watch::Receiver<bool>,
+}
+
+/// Performs the HTTP/2 handshake over an established TLS session and drives the
+/// connection (with keepalive pings) on its own task.
+pub async fn handshake<IO>(io: IO, settings: Settings) -> Result<Connection, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame_size)
+        .max_send_buffer_size(settings.max_send_buffer)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let (closed_tx, closed) = watch::channel(false);
+    let mut ping = conn.ping_pong();
+    tokio::spawn(async move {
+        let keepalive = async {
+            let Some(ping) = ping.as_mut() else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(settings.keepalive_interval).await;
+                match tokio::time::timeout(
+                    settings.keepalive_timeout,
+                    ping.ping(h2::Ping::opaque()),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {}
+                    _ => return "keepalive ping unanswered",
+                }
+            }
+        };
+        let reason = tokio::select! {
+            r = &mut conn => match r { Ok(()) => "closed", Err(_) => "failed" },
+            r = keepalive => r,
+        };
+        debug!(reason, "HBONE client connection ended");
+        let _ = closed_tx.send(true);
+    });
+    Ok(Connection {
+        send,
+        active: Arc::new(AtomicUsize::new(0)),
+        closed,
+    })
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// Opens a tunnel; a non-200 answer is an error carrying the status.
+    pub async fn connect(&self, req: ConnectRequest) -> Result<(H2Stream, StreamGuard), Error> {
+        let guard = StreamGuard(self.active.clone());
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let mut builder = Request::builder()
+            .method(Method::CONNECT)
+            .uri(req.authority.to_string());
+        if let Some(h) = builder.headers_mut() {
+            h.extend(req.headers);
+        }
+        let request = builder.body(())?;
+        let mut send = self.send.clone().ready().await?;
+        let (response, send_stream) = send.send_request(request, false)?;
+        let response = response.await?;
+        if response.status() != StatusCode::OK {
+            return Err(Error::Refused(response.status()));
+        }
+        Ok((
+            H2Stream {
+                send: send_stream,
+                recv: response.into_body(),
+            },
+            guard,
+        ))
+    }
+
+    /// Streams open on this connection now.
+    pub fn active_streams(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+}
+
+/// Counts a stream as active on its connection until dropped.
+pub struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
