@@ -6,18 +6,18 @@
  * destination by socket cookie; sockops re-keys it by (netns cookie, source address) once the
  * source port is known, because that is all the agent can see from the accepting side.
  *
- * Inbound: sk_lookup, attached to each enrolled pod netns, hands TCP connections that arrive
- * from the network (never loopback: that is the agent talking to the app) to the agent's
- * plaintext listener, keeping the original destination as the socket's local address.
+ * Inbound: sk_lookup, attached to each enrolled pod netns, hands TCP connections to the pod to
+ * the agent's plaintext listener, keeping the original destination as the socket's local
+ * address; connections the agent itself opens to the app are registered in agent_conns and
+ * left alone.
  *
- * Each entry point is thin; the logic lives in try_*() which returns an error as negative. */
+ * Each entry point is thin; the logic lives in try_*(). */
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "lanyard.h"
 
-#define LOOPBACK_IFINDEX 1
 #define SOL_SOCKET 1
 #define SO_MARK 36
 
@@ -42,13 +42,30 @@ struct {
     __type(value, struct lanyard_orig_dst);
 } orig_dst_by_tuple SEC(".maps");
 
+/* pod IPv4 (network order) -> 1 for every enrolled pod. An enrolled pod whose listener is
+ * missing (agent restarting) has its inbound connections dropped: fail closed, never let
+ * plaintext reach a pod that STRICT mTLS protects. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);
+    __type(value, __u32);
+} enrolled_pods SEC(".maps");
+
 /* pod IPv4 (network order) -> the agent's plaintext inbound listener in that pod's netns. */
 struct {
     __uint(type, BPF_MAP_TYPE_SOCKHASH);
     __uint(max_entries, 4096);
     __type(key, __u32);
-    __type(value, __u64);
+    __type(value, __u32); /* socket fd on update, as aya and libbpf pass it */
 } inbound_listeners SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct lanyard_conn4);
+    __type(value, __u8);
+} agent_conns SEC(".maps");
 
 static __always_inline int is_loopback(__u32 ip4_be)
 {
@@ -120,31 +137,39 @@ int lanyard_sockops(struct bpf_sock_ops *skops)
     return 1;
 }
 
+/* Returns the verdict itself: SK_DROP is how it fails closed. */
 static __always_inline int try_sk_lookup(struct bpf_sk_lookup *ctx)
 {
     if (ctx->protocol != IPPROTO_TCP || ctx->family != 2 /* AF_INET */)
-        return 0;
-    if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
-        return 0;
+        return SK_PASS;
     __u32 port = ctx->local_port;
     if (port == LANYARD_HBONE_PORT || port == LANYARD_INBOUND_PLAINTEXT_PORT ||
         port == LANYARD_OUTBOUND_PORT)
-        return 0;
+        return SK_PASS;
+    struct lanyard_conn4 conn = {
+        .remote_ip4 = ctx->remote_ip4,
+        .local_ip4 = ctx->local_ip4,
+        .remote_port = bpf_ntohs(ctx->remote_port),
+        .local_port = (__u16)port,
+    };
+    if (bpf_map_lookup_elem(&agent_conns, &conn))
+        return SK_PASS;
 
     __u32 key = ctx->local_ip4;
+    if (!bpf_map_lookup_elem(&enrolled_pods, &key))
+        return SK_PASS;
     struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_listeners, &key);
     if (!sk)
-        return 0;
+        return SK_DROP;
     long err = bpf_sk_assign(ctx, sk, 0);
     bpf_sk_release(sk);
-    return err;
+    return err == 0 ? SK_PASS : SK_DROP;
 }
 
 SEC("sk_lookup")
 int lanyard_sk_lookup(struct bpf_sk_lookup *ctx)
 {
-    try_sk_lookup(ctx);
-    return SK_PASS;
+    return try_sk_lookup(ctx);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

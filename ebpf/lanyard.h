@@ -41,4 +41,14 @@ struct lanyard_conn_key {
     __u16 _pad;
 };
 
+/* agent_conns key: a connection the agent itself is opening to a local app, with the client's
+ * address as source. sk_lookup leaves these to the normal lookup (no mark is visible there,
+ * and the ingress ifindex of loopback-delivered traffic is the address's device, not lo). */
+struct lanyard_conn4 {
+    __u32 remote_ip4;
+    __u32 local_ip4;
+    __u16 remote_port;
+    __u16 local_port;
+};
+
 #endif

@@ -1,1 +1,160 @@
-fn main() {}
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use lanyard_agent::admin::{self, AdminState};
+use lanyard_agent::capture::netns::Netns;
+use lanyard_agent::capture::Capture;
+use lanyard_agent::config::{Args, Config};
+use lanyard_agent::enroll::Enroller;
+use lanyard_agent::metrics::Metrics;
+use lanyard_agent::proxy::ProxyInputs;
+use lanyard_core::ca::{CaClient, ClientTls};
+use lanyard_core::config::FileSource;
+use lanyard_core::secrets::{SecretConfig, SecretManager};
+use lanyard_core::state::Settings;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::info;
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn main() -> anyhow::Result<()> {
+    let config = Arc::new(Config::from(Args::parse()));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()?
+        .block_on(run(config))
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (as on a bare host).
+fn ensure_bpffs() -> anyhow::Result<()> {
+    let path = std::path::Path::new("/sys/fs/bpf");
+    let fs = nix::sys::statfs::statfs(path).context("statfs /sys/fs/bpf")?;
+    if fs.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        nix::mount::mount(
+            Some("bpf"),
+            path,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf")?;
+    }
+    Ok(())
+}
+
+async fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    // Bind every listener before anything starts, so that a taken port fails the start.
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .context("binding admin port")?;
+    let metrics_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .context("binding metrics port")?;
+    let ready_listener = TcpListener::bind(config.readiness_addr)
+        .await
+        .context("binding readiness port")?;
+
+    let settings = Arc::new(Settings {
+        trust_domain: config.trust_domain.clone(),
+        cluster_domain: config.cluster_domain.clone(),
+    });
+    let mut source = FileSource::new(config.config_file.clone(), settings);
+    let initial = source
+        .load()
+        .context("loading the initial config")?
+        .unwrap_or_default();
+    let (state_tx, state_rx) = watch::channel(Arc::new(initial));
+
+    let read = |name: &str| {
+        let path = config.ca_bootstrap.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let root_pem = read("root.pem")?;
+    let roots = CertificateDer::pem_slice_iter(root_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing root.pem")?;
+    let tls = ClientTls {
+        root_pem,
+        cert_pem: read("cert.pem")?,
+        key_pem: read("key.pem")?,
+        server_name: config.ca_server_name.clone(),
+    };
+    let ca = CaClient::new(&config.ca_address, Some(tls))?;
+    let secrets = SecretManager::new(
+        ca,
+        roots,
+        SecretConfig {
+            validity: config.cert_ttl,
+            ..Default::default()
+        },
+    );
+
+    ensure_bpffs()?;
+    let capture = Arc::new(Capture::load(&config.bpf_pin_dir, &config.cgroup_root)?);
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(Metrics::new(&registry)?);
+    let inputs = Arc::new(ProxyInputs::new(
+        config.clone(),
+        state_rx,
+        secrets,
+        metrics,
+        capture.clone(),
+    ));
+    let (enroller, enrolled) = Enroller::new(inputs.clone(), Netns::host()?);
+    let (ready_tx, ready) = watch::channel(false);
+    let admin_state = AdminState {
+        inputs: inputs.clone(),
+        registry,
+        enrolled,
+        ready,
+    };
+
+    tokio::spawn(source.run(config.config_poll_interval, state_tx));
+    let enroller = tokio::spawn(enroller.run());
+    inputs.pool.clone().run_sweeper();
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        &["/config_dump", "/certs", "/healthz/ready", "/metrics"],
+    ));
+    tokio::spawn(admin::serve(
+        metrics_listener,
+        admin_state.clone(),
+        &["/metrics"],
+    ));
+    tokio::spawn(admin::serve(
+        ready_listener,
+        admin_state,
+        &["/healthz/ready"],
+    ));
+    let _ = ready_tx.send(true);
+    info!(node = %config.node, "lanyard-agent ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down");
+    enroller.abort();
+    let _ = enroller.await;
+    if config.cleanup_on_exit {
+        capture.remove_pins();
+    }
+    Ok(())
+}

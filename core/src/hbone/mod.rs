@@ -12,7 +12,7 @@ pub use client::{handshake, ConnectRequest, Connection, StreamGuard};
 pub use copy::{copy_bidirectional, Copied, H2Stream};
 pub use server::{serve, InboundRequest};
 
-pub const PORT: u16 = 15008;
+pub const HBONE_DEFAULT_PORT: u16 = 15008;
 
 /// Optional headers ztunnel sends and accepts; carried through, never interpreted here.
 pub const PASSTHROUGH_HEADERS: [&str; 3] = ["baggage", "forwarded", "traceparent"];

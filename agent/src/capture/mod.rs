@@ -1,0 +1,7 @@
+//! Traffic capture with eBPF: which pods are enrolled, and where their connections were going.
+
+mod bpf;
+pub mod maps;
+pub mod netns;
+
+pub use bpf::{Capture, Error, Exempt};

@@ -1,0 +1,129 @@
+//! The agent's immutable configuration: flags and environment, read once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use lanyard_core::hbone;
+
+/// Mesh-wide mTLS mode for inbound plaintext (PeerAuthentication refines it per namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MtlsMode {
+    Permissive,
+    Strict,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "lanyard-agent", about = "Lanyard's per-node agent")]
+pub struct Args {
+    /// This node's name, as pods' spec.nodeName gives it.
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// YAML file of mesh objects (standalone mode).
+    #[arg(long, env = "LANYARD_CONFIG")]
+    pub config: PathBuf,
+    #[arg(long, default_value = "cluster.local", env = "LANYARD_TRUST_DOMAIN")]
+    pub trust_domain: String,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// CA address, e.g. https://lanyard-ca:15012 or istiod's https://istiod.istio-system:15012.
+    #[arg(long, env = "LANYARD_CA_ADDRESS")]
+    pub ca_address: String,
+    /// Holds cert.pem and key.pem (this node's bootstrap identity) and root.pem (mesh root).
+    #[arg(long, env = "LANYARD_CA_BOOTSTRAP")]
+    pub ca_bootstrap: PathBuf,
+    #[arg(long, default_value = "lanyard-ca")]
+    pub ca_server_name: String,
+    /// Requested workload certificate lifetime, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub cert_ttl: u64,
+    /// cgroup v2 directory holding this node's pod cgroups; capture attaches here.
+    #[arg(long, default_value = "/sys/fs/cgroup/kubepods.slice")]
+    pub cgroup_root: PathBuf,
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// bpffs directory for this agent's pinned maps and links.
+    #[arg(long)]
+    pub bpf_pin_dir: Option<PathBuf>,
+    #[arg(
+        long,
+        value_enum,
+        default_value = "permissive",
+        env = "LANYARD_MTLS_MODE"
+    )]
+    pub mtls_mode: MtlsMode,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+    #[arg(long, default_value_t = 2)]
+    pub worker_threads: usize,
+    /// Remove pinned BPF state on exit (capture stops). Without it, capture stays and
+    /// connections of enrolled pods fail until the agent is back: fail closed.
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub config_file: PathBuf,
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    pub ca_address: String,
+    pub ca_bootstrap: PathBuf,
+    pub ca_server_name: String,
+    pub cert_ttl: Duration,
+    pub cgroup_root: PathBuf,
+    pub proc_root: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+    pub mtls_mode: MtlsMode,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
+    pub worker_threads: usize,
+    pub cleanup_on_exit: bool,
+    pub hbone: hbone::Settings,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub config_poll_interval: Duration,
+    /// How often pods whose namespace cannot be found yet are retried.
+    pub enroll_retry: Duration,
+}
+
+impl From<Args> for Config {
+    fn from(a: Args) -> Self {
+        let bpf_pin_dir = a
+            .bpf_pin_dir
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/lanyard").join(&a.node));
+        Config {
+            node: a.node,
+            config_file: a.config,
+            trust_domain: a.trust_domain,
+            cluster_domain: a.cluster_domain,
+            ca_address: a.ca_address,
+            ca_bootstrap: a.ca_bootstrap,
+            ca_server_name: a.ca_server_name,
+            cert_ttl: Duration::from_secs(a.cert_ttl),
+            cgroup_root: a.cgroup_root,
+            proc_root: a.proc_root,
+            bpf_pin_dir,
+            mtls_mode: a.mtls_mode,
+            admin_addr: a.admin_addr,
+            metrics_addr: a.metrics_addr,
+            readiness_addr: a.readiness_addr,
+            worker_threads: a.worker_threads.max(1),
+            cleanup_on_exit: a.cleanup_on_exit,
+            hbone: hbone::Settings::default(),
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(30),
+            config_poll_interval: Duration::from_millis(250),
+            enroll_retry: Duration::from_millis(500),
+        }
+    }
+}

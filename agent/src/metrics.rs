@@ -1,0 +1,167 @@
+//! Istio's TCP metrics on an explicit registry, and one access-log line per connection.
+
+use std::time::Instant;
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use tracing::info;
+
+/// Istio's TCP metric labels, in this order.
+pub const LABELS: [&str; 10] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_service",
+    "connection_security_policy",
+    "response_flags",
+];
+
+pub struct Metrics {
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    sent: IntCounterVec,
+    received: IntCounterVec,
+    /// HBONE handshakes that failed before any stream, by reason.
+    pub hbone_handshake_failures: IntCounterVec,
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            opened: counter(
+                registry,
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened",
+                &LABELS,
+            )?,
+            closed: counter(
+                registry,
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed",
+                &LABELS,
+            )?,
+            sent: counter(
+                registry,
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent toward the client (response direction)",
+                &LABELS,
+            )?,
+            received: counter(
+                registry,
+                "istio_tcp_received_bytes_total",
+                "Bytes received from the client (request direction)",
+                &LABELS,
+            )?,
+            hbone_handshake_failures: counter(
+                registry,
+                "lanyard_hbone_handshake_failures_total",
+                "Inbound HBONE connections refused before any tunnel, by reason",
+                &["reason"],
+            )?,
+        })
+    }
+}
+
+/// Who talked to whom, as metrics and logs name it.
+#[derive(Clone, Debug, Default)]
+pub struct ConnInfo {
+    pub reporter: &'static str,
+    pub src_addr: String,
+    pub src_workload: String,
+    pub src_namespace: String,
+    pub src_principal: String,
+    pub dst_addr: String,
+    pub dst_workload: String,
+    pub dst_namespace: String,
+    pub dst_principal: String,
+    pub dst_service: String,
+    pub security: &'static str,
+}
+
+impl ConnInfo {
+    fn labels<'a>(&'a self, flags: &'a str) -> [&'a str; 10] {
+        let or_unknown = |s: &'a String| if s.is_empty() { "unknown" } else { s.as_str() };
+        [
+            self.reporter,
+            or_unknown(&self.src_workload),
+            or_unknown(&self.src_namespace),
+            or_unknown(&self.src_principal),
+            or_unknown(&self.dst_workload),
+            or_unknown(&self.dst_namespace),
+            or_unknown(&self.dst_principal),
+            or_unknown(&self.dst_service),
+            self.security,
+            flags,
+        ]
+    }
+}
+
+/// Open from the moment a connection is accepted; records close, bytes and the log line.
+pub struct ConnRecord<'m> {
+    metrics: &'m Metrics,
+    pub info: ConnInfo,
+    start: Instant,
+}
+
+impl<'m> ConnRecord<'m> {
+    pub fn open(metrics: &'m Metrics, info: ConnInfo) -> Self {
+        metrics.opened.with_label_values(&info.labels("-")).inc();
+        Self {
+            metrics,
+            info,
+            start: Instant::now(),
+        }
+    }
+
+    /// Byte counts are the client's: what it sent is "received", what it got is "sent".
+    pub fn close(
+        self,
+        from_client: u64,
+        to_client: u64,
+        flags: &str,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
+        let labels = self.info.labels(flags);
+        let m = self.metrics;
+        m.closed.with_label_values(&labels).inc();
+        m.received.with_label_values(&labels).inc_by(from_client);
+        m.sent.with_label_values(&labels).inc_by(to_client);
+        let i = &self.info;
+        info!(
+            target: "access",
+            direction = i.reporter,
+            src.addr = %i.src_addr,
+            src.workload = %i.src_workload,
+            src.namespace = %i.src_namespace,
+            src.identity = %i.src_principal,
+            dst.addr = %i.dst_addr,
+            dst.workload = %i.dst_workload,
+            dst.namespace = %i.dst_namespace,
+            dst.identity = %i.dst_principal,
+            dst.service = %i.dst_service,
+            security = i.security,
+            bytes_from_client = from_client,
+            bytes_to_client = to_client,
+            duration_ms = self.start.elapsed().as_millis() as u64,
+            response_flags = flags,
+            error = error.map(|e| e.to_string()),
+            "connection complete"
+        );
+    }
+}

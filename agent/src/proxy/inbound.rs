@@ -1,0 +1,123 @@
+//! Inbound HBONE: mutual TLS as the pod's identity, then one tunnel per `CONNECT`, delivered
+//! to the app from the client's own address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use lanyard_core::hbone::{self, copy_bidirectional, Copied, InboundRequest};
+use lanyard_core::identity::Identity;
+use lanyard_core::tls;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info_span, Instrument};
+
+use super::{accept_backoff, Error, PodCtx};
+use crate::metrics::{ConnInfo, ConnRecord};
+use crate::socket;
+
+pub async fn run(pod: Arc<PodCtx>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                accept_backoff(e).await;
+                continue;
+            }
+        };
+        let span = info_span!("inbound", pod = %pod.workload.name, peer = %peer);
+        tokio::spawn(serve_connection(pod.clone(), stream, peer).instrument(span));
+    }
+}
+
+async fn serve_connection(pod: Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr) {
+    let inputs = &pod.inputs;
+    let fail = |reason: &str, detail: &dyn std::fmt::Display| {
+        inputs
+            .metrics
+            .hbone_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
+        debug!(reason, "HBONE connection refused: {detail}");
+    };
+    let cert = match inputs.secrets.fetch(&pod.identity).await {
+        Ok(c) => c,
+        Err(e) => return fail("no_certificate", &e),
+    };
+    let _ = tcp.set_nodelay(true);
+    let accepted = tokio::time::timeout(
+        inputs.config.handshake_timeout,
+        tls::accept(tcp, &cert, &inputs.config.trust_domain),
+    )
+    .await;
+    let (tls, peer_id) = match accepted {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return fail("tls", &e),
+        Err(_) => return fail("timeout", &"TLS handshake timed out"),
+    };
+    let src_ip = peer.ip();
+    let settings = inputs.config.hbone;
+    let result = hbone::serve(tls, settings, |req| {
+        let id = pod.inputs.next_id();
+        let span = info_span!("tunnel", id, authority = %req.authority);
+        handle_stream(pod.clone(), src_ip, peer_id.clone(), req).instrument(span)
+    })
+    .await;
+    if let Err(e) = result {
+        debug!("HBONE connection ended: {e}");
+    }
+}
+
+async fn handle_stream(pod: Arc<PodCtx>, src_ip: IpAddr, peer_id: Identity, req: InboundRequest) {
+    let inputs = &pod.inputs;
+    let state = inputs.state.borrow().clone();
+    let mut info = ConnInfo {
+        reporter: "destination",
+        src_addr: src_ip.to_string(),
+        dst_addr: req.authority.to_string(),
+        src_principal: peer_id.to_string(),
+        security: "mutual_tls",
+        ..Default::default()
+    };
+    if let IpAddr::V4(v4) = src_ip {
+        if let Some(w) = state.workload_by_ip(v4) {
+            info.src_workload = w.canonical_name().to_string();
+            info.src_namespace = w.namespace.clone();
+        }
+    }
+    pod.describe(&mut info, false);
+    let record = ConnRecord::open(&inputs.metrics, info);
+
+    if req.authority.ip() != IpAddr::V4(pod.ip) {
+        let e = Error::AuthorityMismatch(req.authority);
+        req.refuse(http::StatusCode::BAD_REQUEST);
+        return record.close(0, 0, e.response_flags(), Some(&e));
+    }
+    let mut app = match pod.connect_app(req.authority, src_ip).await {
+        Ok(s) => s,
+        Err(e) => {
+            req.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
+            return record.close(0, 0, e.response_flags(), Some(&e));
+        }
+    };
+    let stream = match req.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            let e = Error::Tunnel(e);
+            return record.close(0, 0, e.response_flags(), Some(&e));
+        }
+    };
+    let mut copied = Copied::default();
+    // Here the TCP side is the server: what it sends goes to the client.
+    match copy_bidirectional(&mut app, stream, &mut copied).await {
+        Ok(()) => record.close(copied.tunnel_to_tcp, copied.tcp_to_tunnel, "-", None),
+        Err(e) => {
+            let e = Error::Tunnel(e);
+            record.close(
+                copied.tunnel_to_tcp,
+                copied.tcp_to_tunnel,
+                e.response_flags(),
+                Some(&e),
+            );
+            socket::reset(app);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The data path. Each enrolled pod gets three listeners inside its own network namespace:
+//!
+//! | port  | bound to    | what arrives                                             |
+//! |-------|-------------|----------------------------------------------------------|
+//! | 15001 | 127.0.0.1   | the pod's outbound connections (connect4 redirect)       |
+//! | 15006 | 0.0.0.0     | plaintext inbound from outside the mesh (sk_lookup)      |
+//! | 15008 | 0.0.0.0     | HBONE from other pods' agents                            |
+//!
+//! Outbound connections leave from the pod's namespace (so peers see the pod's IP), and
+//! inbound ones reach the app from the real client's address.
+
+mod inbound;
+mod inbound_plaintext;
+mod outbound;
+pub mod pool;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lanyard_core::ca::CaClient;
+use lanyard_core::hbone;
+use lanyard_core::identity::Identity;
+use lanyard_core::secrets::{self, SecretManager};
+use lanyard_core::state::{MeshState, Workload};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::capture::maps::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::capture::netns::Netns;
+use crate::capture::{self, Capture};
+use crate::config::Config;
+use crate::metrics::{ConnInfo, Metrics};
+use crate::socket;
+
+/// What every pod proxy shares.
+pub struct ProxyInputs {
+    pub config: Arc<Config>,
+    pub state: watch::Receiver<Arc<MeshState>>,
+    pub secrets: SecretManager<CaClient>,
+    pub pool: Arc<pool::Pool>,
+    pub metrics: Arc<Metrics>,
+    pub capture: Arc<Capture>,
+    conn_ids: AtomicU64,
+}
+
+impl ProxyInputs {
+    pub fn new(
+        config: Arc<Config>,
+        state: watch::Receiver<Arc<MeshState>>,
+        secrets: SecretManager<CaClient>,
+        metrics: Arc<Metrics>,
+        capture: Arc<Capture>,
+    ) -> Self {
+        let pool = pool::Pool::new(
+            config.hbone,
+            config.connect_timeout,
+            config.handshake_timeout,
+            config.pool_idle_timeout,
+        );
+        Self {
+            config,
+            state,
+            secrets,
+            pool: Arc::new(pool),
+            metrics,
+            capture,
+            conn_ids: AtomicU64::new(1),
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no original destination recorded for {0}")]
+    NoOriginalDestination(SocketAddr),
+    #[error("service {service} has no ready endpoint for port {port}")]
+    NoHealthyUpstream { service: String, port: u16 },
+    #[error(transparent)]
+    Identity(#[from] secrets::Error),
+    #[error(transparent)]
+    Pool(#[from] pool::Error),
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, socket::Error),
+    #[error("tunnel: {0}")]
+    Tunnel(#[from] hbone::Error),
+    #[error("copying: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("plaintext refused: STRICT mTLS")]
+    StrictMtls,
+    #[error("HBONE authority {0} is not this pod's address")]
+    AuthorityMismatch(SocketAddr),
+    #[error("connection to the agent's own port {0}")]
+    AgentPort(u16),
+    #[error("IPv6 is not supported yet ({0})")]
+    Ipv6(SocketAddr),
+}
+
+impl Error {
+    /// Envoy-style response flags, as Istio's metrics carry them.
+    pub fn response_flags(&self) -> &'static str {
+        match self {
+            Error::NoHealthyUpstream { .. } => "UH",
+            Error::StrictMtls => "DENY",
+            Error::NoOriginalDestination(_)
+            | Error::AuthorityMismatch(_)
+            | Error::AgentPort(_)
+            | Error::Ipv6(_) => "NR",
+            Error::Identity(_) | Error::Pool(_) | Error::Connect(..) => "UF",
+            Error::Tunnel(_) | Error::Io(_) => "UC",
+        }
+    }
+}
+
+/// The pod a proxy serves, fixed at enrollment.
+pub struct PodCtx {
+    pub inputs: Arc<ProxyInputs>,
+    pub workload: Arc<Workload>,
+    pub ip: Ipv4Addr,
+    pub identity: Identity,
+    pub netns: Netns,
+}
+
+impl PodCtx {
+    /// Opens a connection to this pod's app at `dst` from the client's own address.
+    async fn connect_app(&self, dst: SocketAddr, client: IpAddr) -> Result<TcpStream, Error> {
+        let (SocketAddr::V4(dst), IpAddr::V4(client)) = (dst, client) else {
+            return Err(Error::Ipv6(dst));
+        };
+        let capture = &self.inputs.capture;
+        let timeout = self.inputs.config.connect_timeout;
+        socket::connect_as(&self.netns, dst, client, timeout, |local| {
+            capture.exempt(local, dst)
+        })
+        .await
+        .map_err(|e| Error::Connect(SocketAddr::V4(dst), e))
+    }
+
+    /// Metric and log fields for this pod as one side of a connection.
+    fn describe(&self, info: &mut ConnInfo, as_source: bool) {
+        let (workload, namespace, principal) = (
+            self.workload.canonical_name().to_string(),
+            self.workload.namespace.clone(),
+            self.identity.to_string(),
+        );
+        if as_source {
+            (info.src_workload, info.src_namespace, info.src_principal) =
+                (workload, namespace, principal);
+        } else {
+            (info.dst_workload, info.dst_namespace, info.dst_principal) =
+                (workload, namespace, principal);
+        }
+    }
+}
+
+/// A running pod proxy. Dropping it stops capture for the pod and closes its listeners;
+/// connections already established run to completion.
+pub struct PodProxy {
+    pub ctx: Arc<PodCtx>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        self.ctx
+            .inputs
+            .capture
+            .unenroll(self.ctx.netns.cookie(), self.ctx.ip);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Socket(#[from] socket::Error),
+    #[error(transparent)]
+    Capture(#[from] capture::Error),
+}
+
+// === impl PodProxy ===
+
+impl PodProxy {
+    /// Binds the pod's listeners, then enrolls it in capture, then starts serving.
+    pub fn start(
+        inputs: Arc<ProxyInputs>,
+        workload: Arc<Workload>,
+        ip: Ipv4Addr,
+        netns: Netns,
+    ) -> Result<Self, StartError> {
+        socket::prepare_return_path(&netns)?;
+        let outbound = socket::listen(
+            &netns,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
+        )?;
+        let plaintext = socket::listen(
+            &netns,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)),
+        )?;
+        let hbone = socket::listen(
+            &netns,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)),
+        )?;
+        inputs.capture.enroll(&netns, ip, &plaintext)?;
+        let identity = workload.identity(&inputs.config.trust_domain);
+        inputs.secrets.prefetch(&identity);
+        let ctx = Arc::new(PodCtx {
+            inputs,
+            workload,
+            ip,
+            identity,
+            netns,
+        });
+        let tasks = vec![
+            tokio::spawn(outbound::run(ctx.clone(), outbound)).abort_handle(),
+            tokio::spawn(inbound_plaintext::run(ctx.clone(), plaintext)).abort_handle(),
+            tokio::spawn(inbound::run(ctx.clone(), hbone)).abort_handle(),
+        ];
+        Ok(Self { ctx, tasks })
+    }
+}
+
+/// Accept errors (e.g. out of file descriptors) must not spin a loop at full speed.
+async fn accept_backoff(e: std::io::Error) {
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}

@@ -1,0 +1,190 @@
+//! Outbound: a captured connection from the pod, to a mesh workload over HBONE, or through
+//! unchanged when the destination is outside the mesh.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use lanyard_core::hbone::{copy_bidirectional, ConnectRequest, Copied, HBONE_DEFAULT_PORT};
+use lanyard_core::state::{MeshState, Service, Workload};
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info_span, Instrument};
+
+use super::pool::PoolKey;
+use super::{accept_backoff, Error, PodCtx};
+use crate::capture::maps::MARK_AGENT;
+use crate::metrics::{ConnInfo, ConnRecord};
+use crate::socket;
+
+pub async fn run(pod: Arc<PodCtx>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                accept_backoff(e).await;
+                continue;
+            }
+        };
+        let id = pod.inputs.next_id();
+        let span = info_span!("outbound", id, pod = %pod.workload.name);
+        tokio::spawn(handle(pod.clone(), stream, peer).instrument(span));
+    }
+}
+
+/// Where a connection goes once resolved.
+struct Target {
+    /// The address the app's bytes reach: an endpoint (not a VIP).
+    addr: SocketAddrV4,
+    workload: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
+    /// Whether the destination is captured: then HBONE, else plain TCP.
+    meshed: bool,
+}
+
+fn resolve(state: &MeshState, orig: SocketAddrV4) -> Result<Target, Error> {
+    if let Some(svc) = state.service_by_vip(*orig.ip()) {
+        if svc.port(orig.port()).is_some() {
+            let eps = state.endpoints(svc, orig.port());
+            if eps.is_empty() {
+                return Err(Error::NoHealthyUpstream {
+                    service: svc.hostname(state.cluster_domain()),
+                    port: orig.port(),
+                });
+            }
+            let ep = &eps[rand::rng().random_range(0..eps.len())];
+            let ip = ep
+                .workload
+                .ip
+                .expect("endpoints only hold workloads with an IP");
+            return Ok(Target {
+                addr: SocketAddrV4::new(ip, ep.port),
+                meshed: state.is_captured(&ep.workload),
+                workload: Some(ep.workload.clone()),
+                service: Some(svc.clone()),
+            });
+        }
+    }
+    let workload = state.workload_by_ip(*orig.ip()).cloned();
+    Ok(Target {
+        addr: orig,
+        meshed: workload.as_ref().is_some_and(|w| state.is_captured(w)),
+        workload,
+        service: None,
+    })
+}
+
+async fn handle(pod: Arc<PodCtx>, mut app: TcpStream, peer: SocketAddr) {
+    let inputs = &pod.inputs;
+    let mut info = ConnInfo {
+        reporter: "source",
+        src_addr: peer.to_string(),
+        security: "unknown",
+        ..Default::default()
+    };
+    pod.describe(&mut info, true);
+    info.src_addr = SocketAddr::from((pod.ip, peer.port())).to_string();
+
+    let state = inputs.state.borrow().clone();
+    let orig = match peer {
+        SocketAddr::V4(v4) => inputs.capture.original_destination(pod.netns.cookie(), v4),
+        SocketAddr::V6(_) => None,
+    };
+    let target = orig
+        .ok_or(Error::NoOriginalDestination(peer))
+        .and_then(|orig| resolve(&state, orig));
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            info.dst_addr = orig.map(|o| o.to_string()).unwrap_or_default();
+            ConnRecord::open(&inputs.metrics, info).close(0, 0, e.response_flags(), Some(&e));
+            socket::reset(app);
+            return;
+        }
+    };
+    info.dst_addr = target.addr.to_string();
+    if let Some(w) = &target.workload {
+        info.dst_workload = w.canonical_name().to_string();
+        info.dst_namespace = w.namespace.clone();
+        if target.meshed {
+            info.dst_principal = w.identity(state.trust_domain()).to_string();
+        }
+    }
+    if let Some(s) = &target.service {
+        info.dst_service = s.hostname(state.cluster_domain());
+    }
+    info.security = if target.meshed {
+        "mutual_tls"
+    } else {
+        "unknown"
+    };
+    let record = ConnRecord::open(&inputs.metrics, info);
+
+    let mut copied = Copied::default();
+    let result = if target.meshed {
+        let workload = target
+            .workload
+            .as_ref()
+            .expect("meshed targets are workloads");
+        hbone(&pod, &state, &mut app, target.addr, workload, &mut copied).await
+    } else {
+        passthrough(&pod, &mut app, target.addr, &mut copied).await
+    };
+    match result {
+        Ok(()) => record.close(copied.tcp_to_tunnel, copied.tunnel_to_tcp, "-", None),
+        Err(e) => {
+            debug!("outbound failed: {e}");
+            record.close(
+                copied.tcp_to_tunnel,
+                copied.tunnel_to_tcp,
+                e.response_flags(),
+                Some(&e),
+            );
+            socket::reset(app);
+        }
+    }
+}
+
+async fn hbone(
+    pod: &PodCtx,
+    state: &MeshState,
+    app: &mut TcpStream,
+    addr: SocketAddrV4,
+    dst: &Workload,
+    copied: &mut Copied,
+) -> Result<(), Error> {
+    let inputs = &pod.inputs;
+    let cert = inputs.secrets.fetch(&pod.identity).await?;
+    let key = PoolKey {
+        src_ip: pod.ip,
+        src_id: pod.identity.clone(),
+        dst_id: dst.identity(state.trust_domain()),
+        dst: SocketAddrV4::new(*addr.ip(), HBONE_DEFAULT_PORT),
+    };
+    let req = ConnectRequest {
+        authority: SocketAddr::V4(addr),
+        headers: Default::default(),
+    };
+    let (stream, _guard) = inputs.pool.connect(&key, &pod.netns, &cert, req).await?;
+    copy_bidirectional(app, stream, copied).await?;
+    Ok(())
+}
+
+async fn passthrough(
+    pod: &PodCtx,
+    app: &mut TcpStream,
+    addr: SocketAddrV4,
+    copied: &mut Copied,
+) -> Result<(), Error> {
+    let timeout = pod.inputs.config.connect_timeout;
+    let mut upstream = socket::connect(&pod.netns, SocketAddr::V4(addr), MARK_AGENT, timeout)
+        .await
+        .map_err(|e| Error::Connect(SocketAddr::V4(addr), e))?;
+    let result = tokio::io::copy_bidirectional(app, &mut upstream).await;
+    if let Ok((up, down)) = result {
+        (copied.tcp_to_tunnel, copied.tunnel_to_tcp) = (up, down);
+    }
+    result.map(|_| ()).map_err(|e| {
+        socket::reset(upstream);
+        Error::Io(e)
+    })
+}

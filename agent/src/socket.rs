@@ -1,0 +1,173 @@
+//! Sockets the agent opens inside pod network namespaces.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::process::Command;
+use std::time::Duration;
+
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::capture;
+use crate::capture::maps::MARK_SPOOFED;
+use crate::capture::netns::{self, Netns};
+
+/// Routing table in each pod netns that delivers marked replies back over loopback.
+const RETURN_TABLE: &str = "15539";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("registering the connection with capture: {0}")]
+    Capture(#[from] capture::Error),
+    #[error("preparing pod network namespace: `{command}` failed: {detail}")]
+    Prepare { command: String, detail: String },
+}
+
+/// A listener bound in `netns`.
+pub fn listen(netns: &Netns, addr: SocketAddr) -> Result<TcpListener, Error> {
+    let std = netns.run(|| -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        Ok(s.into())
+    })??;
+    Ok(TcpListener::from_std(std)?)
+}
+
+fn socket_in(
+    netns: &Netns,
+    mark: u32,
+    spoof_source: Option<Ipv4Addr>,
+) -> Result<(TcpSocket, Option<SocketAddrV4>), Error> {
+    let (std, local) = netns.run(|| -> std::io::Result<_> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_mark(mark)?;
+        s.set_tcp_nodelay(true)?;
+        let mut local = None;
+        if let Some(src) = spoof_source {
+            s.set_ip_transparent_v4(true)?;
+            s.bind(&SocketAddr::from((src, 0)).into())?;
+            local = s.local_addr()?.as_socket_ipv4();
+        }
+        s.set_nonblocking(true)?;
+        Ok((std::net::TcpStream::from(s), local))
+    })??;
+    Ok((TcpSocket::from_std_stream(std), local))
+}
+
+async fn finish(socket: TcpSocket, dst: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
+    tokio::time::timeout(timeout, socket.connect(dst))
+        .await
+        .map_err(|_| Error::Timeout(dst))?
+        .map_err(Error::from)
+}
+
+/// Connects from inside `netns`, from the namespace's own address.
+pub async fn connect(
+    netns: &Netns,
+    dst: SocketAddr,
+    mark: u32,
+    timeout: Duration,
+) -> Result<TcpStream, Error> {
+    let (socket, _) = socket_in(netns, mark, None)?;
+    finish(socket, dst, timeout).await
+}
+
+/// Connects to the app at `dst` inside `netns` so that it appears to come from `client` (as
+/// it would without a mesh). `register` is told the bound source address before the SYN is
+/// sent, and what it returns is held until the connection is established.
+pub async fn connect_as<G>(
+    netns: &Netns,
+    dst: SocketAddrV4,
+    client: Ipv4Addr,
+    timeout: Duration,
+    register: impl FnOnce(SocketAddrV4) -> Result<G, capture::Error>,
+) -> Result<TcpStream, Error> {
+    let (socket, local) = socket_in(netns, MARK_SPOOFED, Some(client))?;
+    let local = local
+        .ok_or_else(|| Error::Io(std::io::Error::other("spoofed socket has no IPv4 address")))?;
+    let _held = register(local)?;
+    finish(socket, SocketAddr::V4(dst), timeout).await
+}
+
+/// Closes with RST rather than FIN, so a refused or failed connection looks like one to
+/// the app (as a real connection refusal would).
+pub fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Makes `netns` route the app's replies to spoofed sources back to the agent over loopback,
+/// without iptables: accepted connections inherit the SYN's mark (`tcp_fwmark_accept`), and
+/// marked packets use a table whose only route is "everything is local".
+pub fn prepare_return_path(netns: &Netns) -> Result<(), Error> {
+    netns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"))??;
+    let mark = format!("{MARK_SPOOFED:#x}/0xfff");
+    // Delete first so that re-enrolling a pod does not stack duplicate rules.
+    let _ = ip(
+        netns,
+        &["rule", "del", "fwmark", &mark, "lookup", RETURN_TABLE],
+    );
+    ip(
+        netns,
+        &[
+            "rule",
+            "add",
+            "fwmark",
+            &mark,
+            "lookup",
+            RETURN_TABLE,
+            "pref",
+            "32000",
+        ],
+    )?;
+    ip(
+        netns,
+        &[
+            "route",
+            "replace",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            RETURN_TABLE,
+        ],
+    )?;
+    Ok(())
+}
+
+fn ip(netns: &Netns, args: &[&str]) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = netns.fd().as_raw_fd();
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    // SAFETY: setns is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().map_err(|e| Error::Prepare {
+        command: format!("ip {}", args.join(" ")),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Prepare {
+            command: format!("ip {}", args.join(" ")),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Test workloads for the end-to-end harness. Every subcommand can first join a cgroup and a
+//! network namespace (`--cgroup`, `--netns`), which is how a process becomes "a pod".
+//!
+//! - `pause`: sleeps until killed (a pod's sandbox process);
+//! - `exec -- CMD...`: joins, then execs CMD (agents run this way, in a node's namespace);
+//! - `echo-server --port P --name N`: greets each client with `N <client-ip>\n`, then echoes;
+//! - `client --addr A --bytes B`: reads the greeting, streams B pattern bytes while reading the
+//!   echo back, half-closes, checks every byte; prints `greeting=... echoed=B`;
+//! - `conns --addr A --count C`: C concurrent connections, each one round trip; prints `ok=K`;
+//! - `send --addr A --text T`: sends T, half-closes, prints what came back.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn join(args: &[String]) {
+    if let Some(cg) = arg(args, "--cgroup") {
+        std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
+            .expect("joining cgroup");
+    }
+    if let Some(ns) = arg(args, "--netns") {
+        let f = std::fs::File::open(&ns).expect("opening netns");
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+}
+
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(2654435761) >> 13) as u8
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    join(&args);
+    let timeout = Duration::from_secs(arg(&args, "--timeout").map_or(30, |t| t.parse().unwrap()));
+    match args.get(1).map(String::as_str) {
+        Some("pause") => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        Some("exec") => {
+            use std::os::unix::process::CommandExt;
+            let i = args
+                .iter()
+                .position(|a| a == "--")
+                .expect("exec needs -- CMD");
+            let err = std::process::Command::new(&args[i + 1])
+                .args(&args[i + 2..])
+                .exec();
+            panic!("exec {}: {err}", args[i + 1]);
+        }
+        Some("echo-server") => {
+            let port: u16 = arg(&args, "--port").unwrap().parse().unwrap();
+            let name = arg(&args, "--name").unwrap_or_else(|| "server".into());
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            println!("listening");
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    let peer = s
+                        .peer_addr()
+                        .map(|p| p.ip().to_string())
+                        .unwrap_or_default();
+                    if s.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; 256 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown(Shutdown::Write);
+                });
+            }
+        }
+        Some("client") => {
+            let addr: SocketAddr = arg(&args, "--addr").unwrap().parse().unwrap();
+            let total: u64 = arg(&args, "--bytes").map_or(0, |b| b.parse().unwrap());
+            let s = TcpStream::connect_timeout(&addr, timeout)
+                .unwrap_or_else(|e| fail(&format!("connect: {e}")));
+            s.set_read_timeout(Some(timeout)).unwrap();
+            let mut reader = BufReader::with_capacity(256 * 1024, s.try_clone().unwrap());
+            let mut greeting = String::new();
+            reader
+                .read_line(&mut greeting)
+                .unwrap_or_else(|e| fail(&format!("greeting: {e}")));
+            if greeting.is_empty() {
+                fail("connection closed before the greeting");
+            }
+            let mut w = s.try_clone().unwrap();
+            let writer = std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut sent = 0u64;
+                while sent < total {
+                    let n = (total - sent).min(buf.len() as u64) as usize;
+                    for (j, b) in buf[..n].iter_mut().enumerate() {
+                        *b = pattern(sent + j as u64);
+                    }
+                    w.write_all(&buf[..n])
+                        .unwrap_or_else(|e| fail(&format!("write: {e}")));
+                    sent += n as u64;
+                }
+                w.shutdown(Shutdown::Write).unwrap();
+            });
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0u64;
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .unwrap_or_else(|e| fail(&format!("read after {got} bytes: {e}")));
+                if n == 0 {
+                    break;
+                }
+                for (j, b) in buf[..n].iter().enumerate() {
+                    if *b != pattern(got + j as u64) {
+                        fail(&format!("byte {} differs", got + j as u64));
+                    }
+                }
+                got += n as u64;
+            }
+            writer.join().unwrap();
+            if got != total {
+                fail(&format!("echoed {got} of {total} bytes"));
+            }
+            println!("greeting={} echoed={got}", greeting.trim());
+        }
+        Some("conns") => {
+            let addr: SocketAddr = arg(&args, "--addr").unwrap().parse().unwrap();
+            let count: usize = arg(&args, "--count").unwrap().parse().unwrap();
+            // Open all first, then use all: every connection is concurrently established.
+            let mut streams = Vec::with_capacity(count);
+            for _ in 0..count {
+                match TcpStream::connect_timeout(&addr, timeout) {
+                    Ok(s) => streams.push(s),
+                    Err(e) => eprintln!("connect: {e}"),
+                }
+            }
+            let mut ok = 0;
+            for s in &mut streams {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() || line.is_empty() {
+                    continue;
+                }
+                if s.write_all(b"ping\n").is_err() {
+                    continue;
+                }
+                let mut echo = String::new();
+                if r.read_line(&mut echo).is_ok() && echo == "ping\n" {
+                    ok += 1;
+                }
+            }
+            println!("ok={ok}");
+        }
+        Some("send") => {
+            let addr: SocketAddr = arg(&args, "--addr").unwrap().parse().unwrap();
+            let text = arg(&args, "--text").unwrap_or_default();
+            let mut s = TcpStream::connect_timeout(&addr, timeout)
+                .unwrap_or_else(|e| fail(&format!("connect: {e}")));
+            s.set_read_timeout(Some(timeout)).unwrap();
+            s.write_all(text.as_bytes())
+                .unwrap_or_else(|e| fail(&format!("write: {e}")));
+            s.shutdown(Shutdown::Write)
+                .unwrap_or_else(|e| fail(&format!("shutdown: {e}")));
+            let mut out = String::new();
+            s.read_to_string(&mut out)
+                .unwrap_or_else(|e| fail(&format!("read: {e}")));
+            print!("{out}");
+        }
+        _ => fail(
+            "usage: e2e-tool pause|exec|echo-server|client|conns|send [--cgroup CG] [--netns NS]",
+        ),
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("e2e-tool: {msg}");
+    std::process::exit(1)
+}
