@@ -24,6 +24,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 fn main() -> anyhow::Result<()> {
     let config = Arc::new(Config::from(Args::parse()));
+    raise_fd_limit();
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -38,6 +39,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(run(config))
+}
+
+/// Every proxied connection holds descriptors; the default soft limit (1024) is far too low
+/// for a node's worth of connections. The hard limit is what the operator allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (as on a bare host).

@@ -11,6 +11,8 @@
 //! cgroups and bpffs pins. Traffic only ever targets addresses inside these namespaces.
 
 mod netns;
+pub mod pcap;
+pub mod probe;
 mod spec;
 
 use std::collections::BTreeMap;
@@ -348,6 +350,11 @@ impl Mesh {
         Ok(())
     }
 
+    /// Where the mesh root and its key are kept.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
     pub fn stop_ca(&mut self) {
         if let Some(mut ca) = self.ca.take() {
             let _ = ca.kill();
@@ -632,5 +639,5 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }

@@ -25,14 +25,19 @@ pub fn sh(script: &str) -> Result<()> {
     Ok(())
 }
 
+/// Moves the current thread into namespace `name`.
+pub fn enter(name: &str) -> Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).with_context(|| path.clone())?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+    Ok(())
+}
+
 /// Runs `f` on a fresh thread inside namespace `name`; sockets it makes stay there.
 pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{name}");
+    let name = name.to_string();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path)
-            .with_context(|| path.clone())
-            .expect("netns exists");
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        enter(&name).expect("entering netns");
         f()
     })
     .join()

@@ -1,6 +1,9 @@
 //! Pooled HBONE connections, keyed by who connects, to whom, and where: a connection carries
 //! streams for one source workload IP and identity, to one destination address that must
 //! prove one identity. At most `max_streams` streams ride one connection.
+//!
+//! Dials are single-flight per key: when a burst of connections arrives, one dial runs and the
+//! others wait for it and share its connection, rather than each opening its own.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 use lanyard_core::hbone::{self, ConnectRequest, Connection, H2Stream, StreamGuard};
 use lanyard_core::identity::Identity;
 use lanyard_core::tls::{self, WorkloadCert};
+use tokio::sync::watch;
 
 use crate::capture::maps::MARK_AGENT;
 use crate::capture::netns::Netns;
@@ -33,6 +37,8 @@ pub enum Error {
     HandshakeTimeout(SocketAddrV4),
     #[error("HBONE with {0}: {1}")]
     Hbone(SocketAddrV4, hbone::Error),
+    #[error("connection to {0} failed for a concurrent request: {1}")]
+    SharedDial(SocketAddrV4, Arc<str>),
 }
 
 struct Entry {
@@ -40,12 +46,28 @@ struct Entry {
     last_used: Instant,
 }
 
+/// What waiters of an in-flight dial learn: `Some(Err)` when it failed; the channel closing
+/// without an error means it succeeded (look again).
+type DialOutcome = Option<Arc<str>>;
+
+#[derive(Default)]
+struct Slot {
+    conns: Vec<Entry>,
+    dialing: Option<watch::Receiver<DialOutcome>>,
+}
+
+enum Next {
+    Ready(Connection, StreamGuard),
+    Wait(watch::Receiver<DialOutcome>),
+    Dial(watch::Sender<DialOutcome>),
+}
+
 pub struct Pool {
     settings: hbone::Settings,
     connect_timeout: Duration,
     handshake_timeout: Duration,
     idle_timeout: Duration,
-    conns: Mutex<HashMap<PoolKey, Vec<Entry>>>,
+    slots: Mutex<HashMap<PoolKey, Slot>>,
 }
 
 // === impl Pool ===
@@ -62,7 +84,7 @@ impl Pool {
             connect_timeout,
             handshake_timeout,
             idle_timeout,
-            conns: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -74,23 +96,65 @@ impl Pool {
         cert: &WorkloadCert,
         req: ConnectRequest,
     ) -> Result<(H2Stream, StreamGuard), Error> {
-        let conn = match self.checkout(key) {
-            Some(conn) => conn,
-            None => self.dial(key, netns, cert).await?,
+        let (conn, guard) = loop {
+            match self.next(key) {
+                Next::Ready(conn, guard) => break (conn, guard),
+                Next::Wait(mut rx) => {
+                    // Err: the dialer finished (sender dropped); look again.
+                    if rx.changed().await.is_ok() {
+                        if let Some(e) = rx.borrow().clone() {
+                            return Err(Error::SharedDial(key.dst, e));
+                        }
+                    }
+                }
+                Next::Dial(tx) => {
+                    let dialed = self.dial(key, netns, cert).await;
+                    let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                    let slot = slots.entry(key.clone()).or_default();
+                    slot.dialing = None;
+                    match dialed {
+                        Ok(conn) => {
+                            let guard = conn.reserve();
+                            slot.conns.push(Entry {
+                                conn: conn.clone(),
+                                last_used: Instant::now(),
+                            });
+                            break (conn, guard);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Some(e.to_string().into()));
+                            return Err(e);
+                        }
+                    }
+                }
+            }
         };
-        conn.connect(req)
+        conn.open(req, guard)
             .await
             .map_err(|e| Error::Hbone(key.dst, e))
     }
 
-    fn checkout(&self, key: &PoolKey) -> Option<Connection> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let entries = conns.get_mut(key)?;
-        entries.retain(|e| !e.conn.is_closed());
+    /// A connection with room, or the dial to wait for, or the right to dial.
+    fn next(&self, key: &PoolKey) -> Next {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = slots.entry(key.clone()).or_default();
+        slot.conns.retain(|e| !e.conn.is_closed());
         let max = self.settings.max_streams as usize;
-        let entry = entries.iter_mut().find(|e| e.conn.active_streams() < max)?;
-        entry.last_used = Instant::now();
-        Some(entry.conn.clone())
+        if let Some(entry) = slot
+            .conns
+            .iter_mut()
+            .find(|e| e.conn.active_streams() < max)
+        {
+            entry.last_used = Instant::now();
+            // Reserved before the lock is released, so a burst spreads over connections.
+            return Next::Ready(entry.conn.clone(), entry.conn.reserve());
+        }
+        if let Some(rx) = &slot.dialing {
+            return Next::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        slot.dialing = Some(rx);
+        Next::Dial(tx)
     }
 
     async fn dial(
@@ -112,34 +176,28 @@ impl Pool {
                 .await
                 .map_err(|_| Error::HandshakeTimeout(key.dst))?
                 .map_err(|e| Error::Tls(key.dst, e))?;
-        let conn = hbone::handshake(tls, self.settings)
+        hbone::handshake(tls, self.settings)
             .await
-            .map_err(|e| Error::Hbone(key.dst, e))?;
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.entry(key.clone()).or_default().push(Entry {
-            conn: conn.clone(),
-            last_used: Instant::now(),
-        });
-        Ok(conn)
+            .map_err(|e| Error::Hbone(key.dst, e))
     }
 
     /// Drops connections that are closed, or idle past the timeout. Dropping the last
     /// handle lets the HTTP/2 connection close once its streams are done.
     pub fn sweep(&self) {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|_, entries| {
-            entries.retain(|e| {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, slot| {
+            slot.conns.retain(|e| {
                 !e.conn.is_closed()
                     && (e.conn.active_streams() > 0 || e.last_used.elapsed() < self.idle_timeout)
             });
-            !entries.is_empty()
+            !slot.conns.is_empty() || slot.dialing.is_some()
         });
     }
 
     /// Connections held, for the admin API.
     pub fn size(&self) -> usize {
-        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.values().map(Vec::len).sum()
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.values().map(|s| s.conns.len()).sum()
     }
 
     pub fn run_sweeper(self: Arc<Self>) -> tokio::task::JoinHandle<()> {

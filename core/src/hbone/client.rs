@@ -78,10 +78,25 @@ where
 // === impl Connection ===
 
 impl Connection {
+    /// Counts a stream against this connection from now on (before it is opened), so that a
+    /// pool choosing connections sees streams that are about to open.
+    pub fn reserve(&self) -> StreamGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.active.clone())
+    }
+
     /// Opens a tunnel; a non-200 answer is an error carrying the status.
     pub async fn connect(&self, req: ConnectRequest) -> Result<(H2Stream, StreamGuard), Error> {
-        let guard = StreamGuard(self.active.clone());
-        self.active.fetch_add(1, Ordering::Relaxed);
+        let guard = self.reserve();
+        self.open(req, guard).await
+    }
+
+    /// Opens a tunnel on a stream reserved with [`Connection::reserve`].
+    pub async fn open(
+        &self,
+        req: ConnectRequest,
+        guard: StreamGuard,
+    ) -> Result<(H2Stream, StreamGuard), Error> {
         let mut builder = Request::builder()
             .method(Method::CONNECT)
             .uri(req.authority.to_string());

@@ -7,6 +7,7 @@
 //! - `client --addr A --bytes B`: reads the greeting, streams B pattern bytes while reading the
 //!   echo back, half-closes, checks every byte; prints `greeting=... echoed=B`;
 //! - `conns --addr A --count C`: C concurrent connections, each one round trip; prints `ok=K`;
+//! - `chat --addr A --rounds N --interval-ms M`: one long-lived connection, N round trips;
 //! - `send --addr A --text T`: sends T, half-closes, prints what came back.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,6 +39,7 @@ fn pattern(i: u64) -> u8 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     join(&args);
+    raise_fd_limit();
     let timeout = Duration::from_secs(arg(&args, "--timeout").map_or(30, |t| t.parse().unwrap()));
     match args.get(1).map(String::as_str) {
         Some("pause") => loop {
@@ -58,6 +60,9 @@ fn main() {
             let port: u16 = arg(&args, "--port").unwrap().parse().unwrap();
             let name = arg(&args, "--name").unwrap_or_else(|| "server".into());
             let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            // std listens with a backlog of 128; servers use SOMAXCONN, as Go's net does.
+            // SAFETY: re-listening on our own listening socket only changes its backlog.
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) };
             println!("listening");
             for s in l.incoming() {
                 let Ok(mut s) = s else { continue };
@@ -165,6 +170,34 @@ fn main() {
             }
             println!("ok={ok}");
         }
+        Some("chat") => {
+            // A long-lived connection: one round trip every interval.
+            let addr: SocketAddr = arg(&args, "--addr").unwrap().parse().unwrap();
+            let rounds: usize = arg(&args, "--rounds").unwrap().parse().unwrap();
+            let interval = Duration::from_millis(
+                arg(&args, "--interval-ms").map_or(100, |i| i.parse().unwrap()),
+            );
+            let mut s = TcpStream::connect_timeout(&addr, timeout)
+                .unwrap_or_else(|e| fail(&format!("connect: {e}")));
+            s.set_read_timeout(Some(timeout)).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line)
+                .unwrap_or_else(|e| fail(&format!("greeting: {e}")));
+            println!("connected");
+            for i in 0..rounds {
+                s.write_all(format!("round {i}\n").as_bytes())
+                    .unwrap_or_else(|e| fail(&format!("round {i}: {e}")));
+                let mut echo = String::new();
+                r.read_line(&mut echo)
+                    .unwrap_or_else(|e| fail(&format!("round {i}: {e}")));
+                if echo != format!("round {i}\n") {
+                    fail(&format!("round {i}: got {echo:?}"));
+                }
+                std::thread::sleep(interval);
+            }
+            println!("rounds={rounds}");
+        }
         Some("send") => {
             let addr: SocketAddr = arg(&args, "--addr").unwrap().parse().unwrap();
             let text = arg(&args, "--text").unwrap_or_default();
@@ -183,6 +216,13 @@ fn main() {
         _ => fail(
             "usage: e2e-tool pause|exec|echo-server|client|conns|send [--cgroup CG] [--netns NS]",
         ),
+    }
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
