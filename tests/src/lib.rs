@@ -28,6 +28,9 @@ pub use netns::in_netns;
 pub use spec::{PodSpec, ServiceSpec};
 
 pub const CGROUP_FS: &str = "/sys/fs/cgroup/unified";
+/// Every namespace, cgroup and bpffs pin the harness makes starts with this, so that
+/// `cargo xtask e2e-clean` can find what a killed run left behind.
+pub const PREFIX: &str = "lanyard-e2e-";
 pub const CA_PORT: u16 = 15012;
 
 /// Directory of the workspace's built binaries (the test executable lives in `deps/` below).
@@ -141,7 +144,7 @@ impl MeshBuilder {
         let dir = tempfile::Builder::new()
             .prefix(&format!("lanyard-{id}-"))
             .tempdir()?;
-        let cgroup_root = Path::new(CGROUP_FS).join(format!("lanyard-e2e-{id}"));
+        let cgroup_root = Path::new(CGROUP_FS).join(format!("{PREFIX}{id}"));
         let mut mesh = Mesh {
             id: id.clone(),
             dir,
@@ -189,7 +192,7 @@ impl Mesh {
         std::fs::create_dir_all(&self.cgroup_root)?;
         for i in 0..nodes {
             let name = format!("node{i}");
-            let ns = format!("{}-{name}", self.id);
+            let ns = format!("{PREFIX}{}-{name}", self.id);
             netns::add(&ns)?;
             let cgroup = self.cgroup_root.join(&name);
             std::fs::create_dir_all(cgroup.join("kubepods"))?;
@@ -202,7 +205,7 @@ impl Mesh {
                 netns: ns,
                 ip: Ipv4Addr::new(172, 30, 0, i as u8 + 1),
                 cgroup,
-                pin_dir: PathBuf::from(format!("/sys/fs/bpf/lanyard-e2e-{}-node{i}", self.id)),
+                pin_dir: PathBuf::from(format!("/sys/fs/bpf/{PREFIX}{}-node{i}", self.id)),
                 agent: None,
             });
         }
@@ -234,7 +237,7 @@ impl Mesh {
         let node = spec.node;
         let k = self.pods.iter().filter(|p| p.node == node).count();
         let ip = Ipv4Addr::new(10, 244, node as u8 + 1, k as u8 + 2);
-        let ns = format!("{}-{}", self.id, spec.name);
+        let ns = format!("{PREFIX}{}-{}", self.id, spec.name);
         let uid = spec::uid();
         netns::add(&ns)?;
         let host_if = format!("{}p{}", self.id, self.pods.len());

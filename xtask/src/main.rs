@@ -1,1 +1,89 @@
-fn main() {}
+//! `cargo xtask …`: the project's own commands.
+//!
+//! - `setup`: installs the system packages builds and tests need (clang, libbpf headers…);
+//! - `test`: setup, lints, every test (end-to-end ones as root, one at a time);
+//! - `lint`: rustfmt and clippy with warnings as errors;
+//! - `e2e-clean`: removes what a killed end-to-end run left (namespaces, cgroups, pins);
+//! - `demo [--keep]`: a local two-node mesh, walked through step by step.
+
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the system packages the build and tests need.
+    Setup,
+    /// Lint, build, and run every test.
+    Test,
+    /// rustfmt --check and clippy -D warnings.
+    Lint,
+    /// Remove network namespaces, cgroups and BPF pins left by killed end-to-end runs.
+    E2eClean,
+    /// Run the local demo mesh and walk through it.
+    Demo {
+        /// Leave the mesh running until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Test => test(),
+        Cmd::Lint => lint(),
+        Cmd::E2eClean => setup::clean_e2e(),
+        Cmd::Demo { keep } => {
+            setup::ensure()?;
+            cargo(&["build", "--workspace", "--bins"])?;
+            demo::run(keep)
+        }
+    }
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("+ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+fn test() -> Result<()> {
+    setup::ensure()?;
+    lint()?;
+    // The end-to-end tests run the workspace's binaries: build them first.
+    cargo(&["build", "--workspace", "--bins"])?;
+    cargo(&["test", "--workspace", "--exclude", "lanyard-e2e"])?;
+    setup::clean_e2e()?;
+    // Each end-to-end test builds a whole mesh; one at a time keeps them within two cores.
+    cargo(&["test", "-p", "lanyard-e2e", "--", "--test-threads=1"])
+}

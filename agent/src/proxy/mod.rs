@@ -83,10 +83,11 @@ pub enum Error {
     NoHealthyUpstream { service: String, port: u16 },
     #[error(transparent)]
     Identity(#[from] secrets::Error),
+    // Boxed: these are large and rare, and errors travel through every connection's future.
     #[error(transparent)]
-    Pool(#[from] pool::Error),
+    Pool(Box<pool::Error>),
     #[error("connecting to {0}: {1}")]
-    Connect(SocketAddr, socket::Error),
+    Connect(SocketAddr, Box<socket::Error>),
     #[error("tunnel: {0}")]
     Tunnel(#[from] hbone::Error),
     #[error("copying: {0}")]
@@ -99,6 +100,12 @@ pub enum Error {
     AgentPort(u16),
     #[error("IPv6 is not supported yet ({0})")]
     Ipv6(SocketAddr),
+}
+
+impl From<pool::Error> for Error {
+    fn from(e: pool::Error) -> Self {
+        Error::Pool(Box::new(e))
+    }
 }
 
 impl Error {
@@ -138,7 +145,7 @@ impl PodCtx {
             capture.exempt(local, dst)
         })
         .await
-        .map_err(|e| Error::Connect(SocketAddr::V4(dst), e))
+        .map_err(|e| Error::Connect(SocketAddr::V4(dst), Box::new(e)))
     }
 
     /// Metric and log fields for this pod as one side of a connection.

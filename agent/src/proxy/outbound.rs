@@ -178,7 +178,7 @@ async fn passthrough(
     let timeout = pod.inputs.config.connect_timeout;
     let mut upstream = socket::connect(&pod.netns, SocketAddr::V4(addr), MARK_AGENT, timeout)
         .await
-        .map_err(|e| Error::Connect(SocketAddr::V4(addr), e))?;
+        .map_err(|e| Error::Connect(SocketAddr::V4(addr), Box::new(e)))?;
     let result = tokio::io::copy_bidirectional(app, &mut upstream).await;
     if let Ok((up, down)) = result {
         (copied.tcp_to_tunnel, copied.tunnel_to_tcp) = (up, down);
