@@ -14,6 +14,7 @@ pub mod ca;
 pub mod config;
 pub mod hbone;
 pub mod identity;
+pub mod policy;
 pub mod secrets;
 pub mod state;
 pub mod tls;

@@ -502,6 +502,28 @@ impl Mesh {
         cmd
     }
 
+    /// Runs `program` as a process of `pod` (in its cgroup and network namespace).
+    pub fn exec_command(&self, pod: &str, program: &str, args: &[&str]) -> Command {
+        let p = self.pod(pod);
+        let mut cmd = Command::new(bin("e2e-tool"));
+        cmd.arg("exec")
+            .arg("--cgroup")
+            .arg(p.cgroup.join("app"))
+            .args(["--netns", &format!("/run/netns/{}", p.netns), "--", program])
+            .args(args);
+        cmd
+    }
+
+    /// The agent process of node `i`.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].agent.as_ref().map(Child::id)
+    }
+
+    /// Keeps `child` with the mesh's processes (killed on drop).
+    pub fn adopt(&mut self, child: Child) {
+        self.children.push(child);
+    }
+
     /// Runs a client to completion: Ok(stdout) on success, Err(stderr) otherwise.
     pub fn run(&self, pod: &str, args: &[&str]) -> std::result::Result<String, String> {
         let out = self

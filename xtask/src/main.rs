@@ -4,8 +4,10 @@
 //! - `test`: setup, lints, every test (end-to-end ones as root, one at a time);
 //! - `lint`: rustfmt and clippy with warnings as errors;
 //! - `e2e-clean`: removes what a killed end-to-end run left (namespaces, cgroups, pins);
-//! - `demo [--keep]`: a local two-node mesh, walked through step by step.
+//! - `demo [--keep]`: a local two-node mesh, walked through step by step;
+//! - `bench l4`: direct vs meshed figures, written to docs/benchmarks.md.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -31,6 +33,11 @@ enum Cmd {
     Lint,
     /// Remove network namespaces, cgroups and BPF pins left by killed end-to-end runs.
     E2eClean,
+    /// Benchmarks: `l4` (agent, direct vs meshed).
+    Bench {
+        #[arg(default_value = "l4")]
+        suite: String,
+    },
     /// Run the local demo mesh and walk through it.
     Demo {
         /// Leave the mesh running until Ctrl-C.
@@ -45,6 +52,13 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Lint => lint(),
         Cmd::E2eClean => setup::clean_e2e(),
+        Cmd::Bench { suite } => match suite.as_str() {
+            "l4" => {
+                setup::ensure()?;
+                bench::l4()
+            }
+            other => bail!("unknown benchmark suite {other:?} (have: l4)"),
+        },
         Cmd::Demo { keep } => {
             setup::ensure()?;
             cargo(&["build", "--workspace", "--bins"])?;

@@ -8,7 +8,9 @@
 //!   echo back, half-closes, checks every byte; prints `greeting=... echoed=B`;
 //! - `conns --addr A --count C`: C concurrent connections, each one round trip; prints `ok=K`;
 //! - `chat --addr A --rounds N --interval-ms M`: one long-lived connection, N round trips;
-//! - `send --addr A --text T`: sends T, half-closes, prints what came back.
+//! - `send --addr A --text T`: sends T, half-closes, prints what came back;
+//! - `http-server --port P --size N`: keep-alive HTTP/1.1, N-byte responses (benchmarks);
+//! - `hold-server --port P` / `hold --addr A --count N`: N idle connections (benchmarks).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -198,6 +200,52 @@ fn main() {
             }
             println!("rounds={rounds}");
         }
+        Some("http-server") => {
+            // Keep-alive HTTP/1.1: every request gets a body of --size bytes.
+            let port: u16 = arg(&args, "--port").unwrap().parse().unwrap();
+            let size: usize = arg(&args, "--size").map_or(1024, |s| s.parse().unwrap());
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            // SAFETY: re-listening on our own listening socket only changes its backlog.
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) };
+            let response: Vec<u8> = [
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes(),
+                vec![b'x'; size],
+            ]
+            .concat();
+            let response = std::sync::Arc::new(response);
+            println!("listening");
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                let response = response.clone();
+                std::thread::spawn(move || serve_http(s, &response));
+            }
+        }
+        Some("hold-server") => {
+            // Accepts and keeps every connection open, without a thread each.
+            let port: u16 = arg(&args, "--port").unwrap().parse().unwrap();
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            // SAFETY: as above.
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) };
+            println!("listening");
+            let mut held = Vec::new();
+            for s in l.incoming().flatten() {
+                held.push(s);
+            }
+        }
+        Some("hold") => {
+            // Opens --count idle connections, reports, and keeps them until stdin closes.
+            let addr: SocketAddr = arg(&args, "--addr").unwrap().parse().unwrap();
+            let count: usize = arg(&args, "--count").unwrap().parse().unwrap();
+            let mut held = Vec::with_capacity(count);
+            for i in 0..count {
+                match TcpStream::connect_timeout(&addr, timeout) {
+                    Ok(s) => held.push(s),
+                    Err(e) => fail(&format!("connection {i}: {e}")),
+                }
+            }
+            println!("held={}", held.len());
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
         Some("send") => {
             let addr: SocketAddr = arg(&args, "--addr").unwrap().parse().unwrap();
             let text = arg(&args, "--text").unwrap_or_default();
@@ -216,6 +264,27 @@ fn main() {
         _ => fail(
             "usage: e2e-tool pause|exec|echo-server|client|conns|send [--cgroup CG] [--netns NS]",
         ),
+    }
+}
+
+fn serve_http(s: TcpStream, response: &[u8]) {
+    let _ = s.set_nodelay(true);
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut w = s;
+    let mut line = String::new();
+    loop {
+        // Read one request head (no request bodies in the benchmarks).
+        let mut head_done = false;
+        while !head_done {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => head_done = line == "\r\n",
+            }
+        }
+        if w.write_all(response).is_err() {
+            return;
+        }
     }
 }
 

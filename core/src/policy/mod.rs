@@ -1,0 +1,10 @@
+//! The policy engine the agent (L4) and the waypoint (L7) share: AuthorizationPolicy and
+//! PeerAuthentication with Istio's semantics, validated from their wire form.
+
+pub mod authz;
+pub mod matcher;
+pub mod peer;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;

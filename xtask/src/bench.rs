@@ -1,0 +1,363 @@
+//! `cargo xtask bench l4`: the same two-node topology measured direct (namespace not enrolled)
+//! and meshed (enrolled), in one run, with release builds. Figures are reported as ratios to
+//! direct where that makes sense; absolute figures are for this machine only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lanyard_e2e::{Mesh, PodSpec};
+use serde_json::Value;
+
+const IPERF_PORT: &str = "5201";
+const HTTP_PORT: u16 = 8080;
+const HOLD_PORT: u16 = 9000;
+const IDLE_CONNS: usize = 10_000;
+
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    gbps: f64,
+    cpu_s_per_gb: Option<f64>,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    cores_at_1000rps: Option<f64>,
+    new_conns_per_s: f64,
+    rss_idle_mib: Option<f64>,
+    rss_per_conn_kib: Option<f64>,
+}
+
+fn tool(name: &str) -> Result<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    for dir in [
+        format!("{home}/.cargo/bin"),
+        "/usr/bin".into(),
+        "/usr/local/bin".into(),
+    ] {
+        let p = Path::new(&dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} not found: `cargo xtask bench` installs it, or install it yourself")
+}
+
+pub fn ensure_tools() -> Result<()> {
+    if tool("iperf3").is_err() {
+        let s = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "iperf3"])
+            .status()?;
+        if !s.success() {
+            bail!("apt-get install iperf3 failed");
+        }
+    }
+    if tool("oha").is_err() {
+        crate::cargo(&["install", "oha", "--locked"])?;
+    }
+    Ok(())
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok(ticks / hz)
+}
+
+fn rss_kib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn agents_cpu(mesh: &Mesh) -> Result<f64> {
+    let mut total = 0.0;
+    for i in 0..mesh.nodes.len() {
+        total += cpu_seconds(mesh.agent_pid(i).context("agent not running")?)?;
+    }
+    Ok(total)
+}
+
+fn run_json(mut cmd: Command) -> Result<Value> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing output: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
+    let server = mesh.pod("server").ip.to_string();
+    let mut f = Figures::default();
+
+    // Single-stream throughput.
+    let cpu0 = agents_cpu(mesh)?;
+    let iperf = run_json(mesh.exec_command(
+        "client",
+        tool("iperf3")?.to_str().unwrap(),
+        &["-c", &server, "-p", IPERF_PORT, "-t", "8", "-J"],
+    ))?;
+    let cpu = agents_cpu(mesh)? - cpu0;
+    let received = &iperf["end"]["sum_received"];
+    f.gbps = received["bits_per_second"]
+        .as_f64()
+        .context("iperf3 bits_per_second")?
+        / 1e9;
+    let bytes = received["bytes"].as_f64().context("iperf3 bytes")?;
+    if meshed {
+        f.cpu_s_per_gb = Some(cpu / (bytes / 1e9));
+    }
+
+    // Latency at a fixed 1000 rps, 1 KiB responses, 4 connections.
+    let url = format!("http://{server}:{HTTP_PORT}/");
+    let oha = tool("oha")?;
+    let cpu0 = agents_cpu(mesh)?;
+    let started = Instant::now();
+    let lat = run_json(mesh.exec_command(
+        "client",
+        oha.to_str().unwrap(),
+        &[
+            "-z",
+            "15s",
+            "-q",
+            "1000",
+            "-c",
+            "4",
+            "--latency-correction",
+            "--no-tui",
+            "--output-format",
+            "json",
+            &url,
+        ],
+    ))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = agents_cpu(mesh)? - cpu0;
+    let pct = |k: &str| lat["latencyPercentiles"][k].as_f64().map(|s| s * 1000.0);
+    f.p50_ms = pct("p50").context("p50")?;
+    f.p90_ms = pct("p90").context("p90")?;
+    f.p99_ms = pct("p99").context("p99")?;
+    if meshed {
+        f.cores_at_1000rps = Some(cpu / elapsed);
+    }
+
+    // New connections per second: one request per connection, as fast as it goes.
+    let conns = run_json(mesh.exec_command(
+        "client",
+        oha.to_str().unwrap(),
+        &[
+            "-z",
+            "8s",
+            "-c",
+            "16",
+            "--disable-keepalive",
+            "--no-tui",
+            "--output-format",
+            "json",
+            &url,
+        ],
+    ))?;
+    f.new_conns_per_s = conns["summary"]["requestsPerSec"]
+        .as_f64()
+        .context("requestsPerSec")?;
+
+    if meshed {
+        // Memory: idle, then with 10k idle proxied connections.
+        std::thread::sleep(Duration::from_secs(35)); // let the pool's idle connections go
+        let pids: Vec<u32> = (0..mesh.nodes.len())
+            .filter_map(|i| mesh.agent_pid(i))
+            .collect();
+        let idle: Vec<f64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+        f.rss_idle_mib = Some(idle.iter().cloned().fold(0.0, f64::max) / 1024.0);
+        let mut hold = mesh
+            .command(
+                "client",
+                &[
+                    "hold",
+                    "--addr",
+                    &format!("{server}:{HOLD_PORT}"),
+                    "--count",
+                    &IDLE_CONNS.to_string(),
+                    "--timeout",
+                    "10",
+                ],
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(hold.stdout.take().context("stdout")?),
+            &mut line,
+        )?;
+        if line.trim() != format!("held={IDLE_CONNS}") {
+            bail!("holding connections: {line:?}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let busy: Vec<f64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
+        let per_conn = idle
+            .iter()
+            .zip(&busy)
+            .map(|(i, b)| (b - i) / IDLE_CONNS as f64)
+            .fold(0.0, f64::max);
+        f.rss_per_conn_kib = Some(per_conn);
+        drop(hold.stdin.take());
+        let _ = hold.wait();
+    }
+    Ok(f)
+}
+
+pub fn l4() -> Result<()> {
+    ensure_tools()?;
+    crate::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+    std::env::set_var("LANYARD_BIN_DIR", &target);
+    let mut mesh = Mesh::builder("bench")
+        .nodes(2)
+        .namespace("bench", false)
+        .pod(PodSpec::new("client", "bench").node(0))
+        .pod(PodSpec::new("server", "bench").node(1))
+        .start()?;
+    let iperf = tool("iperf3")?;
+    let s = mesh
+        .exec_command("server", iperf.to_str().unwrap(), &["-s", "-p", IPERF_PORT])
+        .stdout(Stdio::null())
+        .spawn()?;
+    mesh.adopt(s);
+    for args in [
+        vec!["http-server", "--port", "8080", "--size", "1024"],
+        vec!["hold-server", "--port", "9000"],
+    ] {
+        let mut c = mesh
+            .command("server", &args)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.take().context("stdout")?),
+            &mut line,
+        )?;
+        mesh.adopt(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    eprintln!("measuring direct (namespace not enrolled)…");
+    let direct = measure(&mut mesh, false)?;
+    mesh.set_namespace_ambient("bench", true)?;
+    mesh.wait_enrolled(Duration::from_secs(15))?;
+    eprintln!("measuring meshed (namespace enrolled)…");
+    let meshed = measure(&mut mesh, true)?;
+    drop(mesh);
+
+    let table = render(&direct, &meshed);
+    println!("{table}");
+    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+    write_doc(&doc, &table)?;
+    eprintln!("written to {}", doc.display());
+    Ok(())
+}
+
+fn render(d: &Figures, m: &Figures) -> String {
+    let opt =
+        |v: Option<f64>, unit: &str| v.map_or("–".to_string(), |v| format!("{v:.2} {unit}"));
+    let mut t = String::new();
+    t += "| figure | direct | meshed | meshed vs direct | target |\n|---|---|---|---|---|\n";
+    t += &format!(
+        "| single-stream throughput | {:.2} Gb/s | {:.2} Gb/s | {:.2}× | ≥ 0.5× |\n",
+        d.gbps,
+        m.gbps,
+        m.gbps / d.gbps
+    );
+    t += &format!(
+        "| CPU-s per GB, both agents | – | {} | – | ≤ 1.2 |\n",
+        opt(m.cpu_s_per_gb, "s")
+    );
+    for (name, dv, mv, target) in [
+        ("p50 latency @1000 rps", d.p50_ms, m.p50_ms, ""),
+        ("p90 latency @1000 rps", d.p90_ms, m.p90_ms, ""),
+        ("p99 latency @1000 rps", d.p99_ms, m.p99_ms, "≤ +0.15 ms"),
+    ] {
+        t += &format!(
+            "| {name} | {dv:.3} ms | {mv:.3} ms | +{:.3} ms | {target} |\n",
+            mv - dv
+        );
+    }
+    t += &format!(
+        "| CPU of both agents @1000 rps | – | {} | – | ≤ 0.08 cores |\n",
+        opt(m.cores_at_1000rps, "cores")
+    );
+    t += &format!(
+        "| agent RSS idle (largest agent) | – | {} | – | ≤ 10 MiB |\n",
+        opt(m.rss_idle_mib, "MiB")
+    );
+    t += &format!(
+        "| RSS per idle proxied connection, per agent | – | {} | – | ≤ 2 KiB |\n",
+        opt(m.rss_per_conn_kib, "KiB")
+    );
+    t += &format!(
+        "| new connections/s (one request each) | {:.0} | {:.0} | {:.2}× | ≥ 0.5× |\n",
+        d.new_conns_per_s,
+        m.new_conns_per_s,
+        m.new_conns_per_s / d.new_conns_per_s
+    );
+    t
+}
+
+fn write_doc(path: &Path, table: &str) -> Result<()> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()?
+            .stdout,
+    )?;
+    let mut f = std::fs::File::create(path)?;
+    writeln!(f, "# Benchmarks\n")?;
+    writeln!(
+        f,
+        "Produced by `cargo xtask bench l4`: one run, one two-node topology of network namespaces,"
+    )?;
+    writeln!(
+        f,
+        "measured first direct (namespace not enrolled), then meshed (enrolled), release builds."
+    )?;
+    writeln!(f, "Single stream: iperf3, 8 s. Latency: oha at a fixed 1000 rps, 4 connections, 1 KiB responses,")?;
+    writeln!(f, "`--latency-correction`, 15 s. New connections: oha, 16 workers, keep-alive off, 8 s. Memory:")?;
+    writeln!(
+        f,
+        "agent VmRSS idle, then with {IDLE_CONNS} idle proxied connections held open.\n"
+    )?;
+    writeln!(
+        f,
+        "## L4 (agent)\n\nRun: {} on {cores} cores ({cpu}), Linux {}\n",
+        date.trim(),
+        kernel.trim()
+    )?;
+    writeln!(f, "{table}")?;
+    Ok(())
+}
