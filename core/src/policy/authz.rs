@@ -39,10 +39,20 @@ pub enum Scope {
 
 /// A field with positive and negative values: matches when (no values or one matches) and
 /// no negative value matches.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field<T> {
     pub values: Vec<T>,
     pub not_values: Vec<T>,
+}
+
+// Not derived: an empty field needs no `T: Default`.
+impl<T> Default for Field<T> {
+    fn default() -> Self {
+        Self {
+            values: Vec::new(),
+            not_values: Vec::new(),
+        }
+    }
 }
 
 impl<T> Field<T> {

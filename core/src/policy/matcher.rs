@@ -20,7 +20,9 @@ impl StringMatch {
         if raw == "*" {
             return Some(StringMatch::Present);
         }
-        let inner = raw.trim_start_matches('*').trim_end_matches('*');
+        // One wildcard at most, and only at an end.
+        let inner =
+            &raw[usize::from(raw.starts_with('*'))..raw.len() - usize::from(raw.ends_with('*'))];
         if inner.contains('*') || (raw.starts_with('*') && raw.ends_with('*')) {
             return None;
         }

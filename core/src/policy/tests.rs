@@ -30,6 +30,9 @@ fn default_ns() -> String {
 }
 
 fn policies(yaml: &str) -> Vec<AuthorizationPolicy> {
+    if yaml.trim().is_empty() {
+        return vec![];
+    }
     serde_yaml::Deserializer::from_str(yaml)
         .map(|d| {
             let doc = Doc::deserialize(d).expect("test YAML parses");
