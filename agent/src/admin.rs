@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::ProxyInputs;
+use crate::proxy::{self, Peer, ProxyInputs};
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -39,8 +39,9 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
         .expect("static response parts are valid")
 }
 
-fn route(s: &AdminState, path: &str) -> Response<Body> {
+fn route(s: &AdminState, path: &str, query: &str) -> Response<Body> {
     match path {
+        "/explain" => explain(s, query),
         "/metrics" => {
             let mut buf = Vec::new();
             match TextEncoder::new().encode(&s.registry.gather(), &mut buf) {
@@ -111,6 +112,84 @@ fn route(s: &AdminState, path: &str) -> Response<Body> {
     }
 }
 
+/// `/explain?src=IP&dst=IP&port=P`: would the agent allow this connection, and why. The
+/// source counts as its mesh identity when it is a meshed workload, as plaintext otherwise.
+fn explain(s: &AdminState, query: &str) -> Response<Body> {
+    let params: BTreeMap<&str, &str> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let bad = |msg: String| {
+        respond(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            json!({ "error": msg }).to_string(),
+        )
+    };
+    let (Some(src), Some(dst), Some(port)) =
+        (params.get("src"), params.get("dst"), params.get("port"))
+    else {
+        return bad("usage: /explain?src=<ip>&dst=<ip>&port=<port>".into());
+    };
+    let (Ok(src), Ok(dst), Ok(port)) = (
+        src.parse::<Ipv4Addr>(),
+        dst.parse::<Ipv4Addr>(),
+        port.parse::<u16>(),
+    ) else {
+        return bad("src and dst must be IPv4 addresses and port a number".into());
+    };
+    let state = s.inputs.state.borrow().clone();
+    let Some(w) = state.workload_by_ip(dst) else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            json!({ "error": format!("no workload has IP {dst}") }).to_string(),
+        );
+    };
+    let source = state.workload_by_ip(src);
+    let identity = source
+        .filter(|w| state.is_captured(w))
+        .map(|w| w.identity(state.trust_domain()));
+    let peer = Peer {
+        ip: src.into(),
+        identity: identity.clone(),
+    };
+    let result = proxy::check(
+        &state,
+        s.inputs.config.mtls_mode,
+        w,
+        &peer,
+        SocketAddr::from((dst, port)),
+    );
+    let (allowed, decided_by, reason, dry_run) = match &result {
+        Ok(d) => (
+            true,
+            d.policy(),
+            d.reason.to_string(),
+            d.dry_run
+                .iter()
+                .map(|(p, allow)| json!({"policy": p.to_string(), "wouldAllow": allow}))
+                .collect(),
+        ),
+        Err(denial) => (
+            false,
+            denial.policy.clone(),
+            denial.detail.clone(),
+            Vec::new(),
+        ),
+    };
+    let body = json!({
+        "source": {"ip": src.to_string(), "workload": source.map(|w| format!("{}/{}", w.namespace, w.name)), "identity": identity.map(|i| i.to_string())},
+        "destination": {"ip": dst.to_string(), "port": port, "workload": format!("{}/{}", w.namespace, w.name)},
+        "allowed": allowed,
+        "decidedBy": (!decided_by.is_empty()).then_some(decided_by),
+        "reason": reason,
+        "dryRun": dry_run,
+        "warnings": state.warnings(),
+    });
+    respond(StatusCode::OK, "application/json", body.to_string())
+}
+
 /// Serves HTTP/1.1 on `listener` with `paths` allowed (others answer 404).
 pub async fn serve(listener: TcpListener, state: AdminState, paths: &'static [&'static str]) {
     loop {
@@ -122,7 +201,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, paths: &'static [&'
             let svc = service_fn(move |req: Request<Incoming>| {
                 let path = req.uri().path();
                 let resp = if paths.contains(&path) {
-                    route(&state, path)
+                    route(&state, path, req.uri().query().unwrap_or_default())
                 } else {
                     respond(StatusCode::NOT_FOUND, "text/plain", "not found\n")
                 };

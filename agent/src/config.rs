@@ -7,11 +7,20 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use lanyard_core::hbone;
 
-/// Mesh-wide mTLS mode for inbound plaintext (PeerAuthentication refines it per namespace).
+/// Mesh-wide mTLS mode for inbound plaintext, where no PeerAuthentication sets one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MtlsMode {
     Permissive,
     Strict,
+}
+
+impl From<MtlsMode> for lanyard_core::policy::peer::MtlsMode {
+    fn from(m: MtlsMode) -> Self {
+        match m {
+            MtlsMode::Permissive => Self::Permissive,
+            MtlsMode::Strict => Self::Strict,
+        }
+    }
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -27,6 +36,9 @@ pub struct Args {
     pub trust_domain: String,
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Istio's root namespace: policies there apply mesh-wide.
+    #[arg(long, default_value = "istio-system", env = "LANYARD_ROOT_NAMESPACE")]
+    pub root_namespace: String,
     /// CA address, e.g. https://lanyard-ca:15012 or istiod's https://istiod.istio-system:15012.
     #[arg(long, env = "LANYARD_CA_ADDRESS")]
     pub ca_address: String,
@@ -73,6 +85,7 @@ pub struct Config {
     pub config_file: PathBuf,
     pub trust_domain: String,
     pub cluster_domain: String,
+    pub root_namespace: String,
     pub ca_address: String,
     pub ca_bootstrap: PathBuf,
     pub ca_server_name: String,
@@ -105,6 +118,7 @@ impl From<Args> for Config {
             config_file: a.config,
             trust_domain: a.trust_domain,
             cluster_domain: a.cluster_domain,
+            root_namespace: a.root_namespace,
             ca_address: a.ca_address,
             ca_bootstrap: a.ca_bootstrap,
             ca_server_name: a.ca_server_name,

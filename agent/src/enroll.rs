@@ -44,8 +44,17 @@ impl Enroller {
     pub async fn run(mut self) {
         let mut state = self.inputs.state.clone();
         let retry = self.inputs.config.enroll_retry;
+        let mut checked: Option<Arc<lanyard_core::state::MeshState>> = None;
         loop {
             self.reconcile();
+            // Policies may have changed: re-check live connections (once per new state).
+            let current = self.inputs.state.borrow().clone();
+            if !checked.as_ref().is_some_and(|c| Arc::ptr_eq(c, &current)) {
+                for p in self.pods.values() {
+                    p.ctx.revalidate(&current);
+                }
+                checked = Some(current);
+            }
             tokio::select! {
                 changed = state.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(retry) => {}

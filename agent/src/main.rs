@@ -82,6 +82,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let settings = Arc::new(Settings {
         trust_domain: config.trust_domain.clone(),
         cluster_domain: config.cluster_domain.clone(),
+        root_namespace: config.root_namespace.clone(),
     });
     let mut source = FileSource::new(config.config_file.clone(), settings);
     let initial = source
@@ -140,7 +141,13 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
-        &["/config_dump", "/certs", "/healthz/ready", "/metrics"],
+        &[
+            "/config_dump",
+            "/certs",
+            "/explain",
+            "/healthz/ready",
+            "/metrics",
+        ],
     ));
     tokio::spawn(admin::serve(
         metrics_listener,

@@ -26,6 +26,8 @@ pub struct Metrics {
     received: IntCounterVec,
     /// HBONE handshakes that failed before any stream, by reason.
     pub hbone_handshake_failures: IntCounterVec,
+    /// Connections refused or closed by policy, with the policy that decided.
+    pub denied: IntCounterVec,
 }
 
 fn counter(
@@ -74,6 +76,12 @@ impl Metrics {
                 "Inbound HBONE connections refused before any tunnel, by reason",
                 &["reason"],
             )?,
+            denied: counter(
+                registry,
+                "lanyard_connections_denied_total",
+                "Connections refused or closed by policy, by deciding policy (namespace/name) and reason",
+                &["destination_workload", "destination_workload_namespace", "policy", "reason"],
+            )?,
         })
     }
 }
@@ -92,6 +100,8 @@ pub struct ConnInfo {
     pub dst_principal: String,
     pub dst_service: String,
     pub security: &'static str,
+    /// The policy (and rule) that decided, when one did.
+    pub policy: Option<String>,
 }
 
 impl ConnInfo {
@@ -120,6 +130,21 @@ pub struct ConnRecord<'m> {
 }
 
 impl<'m> ConnRecord<'m> {
+    /// Counts a policy denial of this connection (`reason`: authorization, strict_mtls).
+    pub fn denied(&mut self, policy: &str, rule: Option<String>, reason: &str) {
+        let i = &self.info;
+        self.metrics
+            .denied
+            .with_label_values(&[
+                i.dst_workload.as_str(),
+                i.dst_namespace.as_str(),
+                policy,
+                reason,
+            ])
+            .inc();
+        self.info.policy = Some(rule.unwrap_or_else(|| policy.to_string()));
+    }
+
     pub fn open(metrics: &'m Metrics, info: ConnInfo) -> Self {
         metrics.opened.with_label_values(&info.labels("-")).inc();
         Self {
@@ -160,6 +185,7 @@ impl<'m> ConnRecord<'m> {
             bytes_to_client = to_client,
             duration_ms = self.start.elapsed().as_millis() as u64,
             response_flags = flags,
+            authz.policy = i.policy.as_deref(),
             error = error.map(|e| e.to_string()),
             "connection complete"
         );

@@ -10,7 +10,9 @@ use lanyard_core::tls;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, Instrument};
 
-use super::{accept_backoff, Error, PodCtx};
+use lanyard_core::policy::authz::Reason;
+
+use super::{accept_backoff, Error, Peer, PodCtx};
 use crate::metrics::{ConnInfo, ConnRecord};
 use crate::socket;
 
@@ -58,7 +60,7 @@ async fn serve_connection(pod: Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr) {
     let result = hbone::serve(tls, settings, |req| {
         let id = pod.inputs.next_id();
         let span = info_span!("tunnel", id, authority = %req.authority);
-        handle_stream(pod.clone(), src_ip, peer_id.clone(), req).instrument(span)
+        handle_stream(pod.clone(), id, src_ip, peer_id.clone(), req).instrument(span)
     })
     .await;
     if let Err(e) = result {
@@ -66,7 +68,13 @@ async fn serve_connection(pod: Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
-async fn handle_stream(pod: Arc<PodCtx>, src_ip: IpAddr, peer_id: Identity, req: InboundRequest) {
+async fn handle_stream(
+    pod: Arc<PodCtx>,
+    id: u64,
+    src_ip: IpAddr,
+    peer_id: Identity,
+    req: InboundRequest,
+) {
     let inputs = &pod.inputs;
     let state = inputs.state.borrow().clone();
     let mut info = ConnInfo {
@@ -84,13 +92,31 @@ async fn handle_stream(pod: Arc<PodCtx>, src_ip: IpAddr, peer_id: Identity, req:
         }
     }
     pod.describe(&mut info, false);
-    let record = ConnRecord::open(&inputs.metrics, info);
+    let mut record = ConnRecord::open(&inputs.metrics, info);
 
     if req.authority.ip() != IpAddr::V4(pod.ip) {
         let e = Error::AuthorityMismatch(req.authority);
         req.refuse(http::StatusCode::BAD_REQUEST);
         return record.close(0, 0, e.response_flags(), Some(&e));
     }
+    let peer = Peer {
+        ip: src_ip,
+        identity: Some(peer_id),
+    };
+    match pod.check(&state, &peer, req.authority) {
+        Ok(decision) => {
+            if let Reason::AllowedBy(rule) = &decision.reason {
+                record.info.policy = Some(rule.to_string());
+            }
+        }
+        Err(denial) => {
+            record.denied(&denial.policy, Some(denial.detail.clone()), denial.reason);
+            req.refuse(http::StatusCode::UNAUTHORIZED);
+            let e = Error::Denied(denial.detail);
+            return record.close(0, 0, e.response_flags(), Some(&e));
+        }
+    }
+    let tracked = pod.track(id, peer, req.authority);
     let mut app = match pod.connect_app(req.authority, src_ip).await {
         Ok(s) => s,
         Err(e) => {
@@ -107,10 +133,13 @@ async fn handle_stream(pod: Arc<PodCtx>, src_ip: IpAddr, peer_id: Identity, req:
     };
     let mut copied = Copied::default();
     // Here the TCP side is the server: what it sends goes to the client.
-    match copy_bidirectional(&mut app, stream, &mut copied).await {
+    let result = tokio::select! {
+        r = copy_bidirectional(&mut app, stream, &mut copied) => r.map_err(Error::Tunnel),
+        _ = tracked.cancel.cancelled() => Err(Error::Revoked),
+    };
+    match result {
         Ok(()) => record.close(copied.tunnel_to_tcp, copied.tcp_to_tunnel, "-", None),
         Err(e) => {
-            let e = Error::Tunnel(e);
             record.close(
                 copied.tunnel_to_tcp,
                 copied.tcp_to_tunnel,

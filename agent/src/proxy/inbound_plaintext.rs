@@ -1,6 +1,7 @@
 //! Inbound plaintext: connections from outside the mesh, steered here by sk_lookup with the
-//! original destination kept as the local address. Refused under STRICT mTLS; otherwise
-//! delivered to the app from the client's own address.
+//! original destination kept as the local address. PeerAuthentication STRICT refuses them;
+//! otherwise AuthorizationPolicy decides (without a principal), and the connection reaches the
+//! app from the client's own address.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -8,9 +9,8 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info_span, Instrument};
 
-use super::{accept_backoff, Error, PodCtx};
+use super::{accept_backoff, Error, Peer, PodCtx};
 use crate::capture::maps::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-use crate::config::MtlsMode;
 use crate::metrics::{ConnInfo, ConnRecord};
 use crate::socket;
 
@@ -25,11 +25,11 @@ pub async fn run(pod: Arc<PodCtx>, listener: TcpListener) {
         };
         let id = pod.inputs.next_id();
         let span = info_span!("inbound_plaintext", id, pod = %pod.workload.name);
-        tokio::spawn(handle(pod.clone(), stream, peer).instrument(span));
+        tokio::spawn(handle(pod.clone(), id, stream, peer).instrument(span));
     }
 }
 
-async fn handle(pod: Arc<PodCtx>, mut client: TcpStream, peer: SocketAddr) {
+async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, peer: SocketAddr) {
     let inputs = &pod.inputs;
     let Ok(orig) = client.local_addr() else {
         return;
@@ -49,19 +49,24 @@ async fn handle(pod: Arc<PodCtx>, mut client: TcpStream, peer: SocketAddr) {
         }
     }
     pod.describe(&mut info, false);
-    let record = ConnRecord::open(&inputs.metrics, info);
+    let mut record = ConnRecord::open(&inputs.metrics, info);
 
-    let refused = if [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT].contains(&orig.port()) {
-        Some(Error::AgentPort(orig.port()))
-    } else if inputs.config.mtls_mode == MtlsMode::Strict {
-        Some(Error::StrictMtls)
-    } else {
-        None
-    };
-    if let Some(e) = refused {
+    if [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT].contains(&orig.port()) {
+        let e = Error::AgentPort(orig.port());
         record.close(0, 0, e.response_flags(), Some(&e));
         return socket::reset(client);
     }
+    let who = Peer {
+        ip: peer.ip(),
+        identity: None,
+    };
+    if let Err(denial) = pod.check(&state, &who, orig) {
+        record.denied(&denial.policy, Some(denial.detail.clone()), denial.reason);
+        let e = Error::Denied(denial.detail);
+        record.close(0, 0, e.response_flags(), Some(&e));
+        return socket::reset(client);
+    }
+    let tracked = pod.track(id, who, orig);
     let mut app = match pod.connect_app(orig, peer.ip()).await {
         Ok(s) => s,
         Err(e) => {
@@ -69,10 +74,13 @@ async fn handle(pod: Arc<PodCtx>, mut client: TcpStream, peer: SocketAddr) {
             return socket::reset(client);
         }
     };
-    match tokio::io::copy_bidirectional(&mut client, &mut app).await {
+    let result = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut app) => r.map_err(Error::Io),
+        _ = tracked.cancel.cancelled() => Err(Error::Revoked),
+    };
+    match result {
         Ok((from_client, to_client)) => record.close(from_client, to_client, "-", None),
         Err(e) => {
-            let e = Error::Io(e);
             record.close(0, 0, e.response_flags(), Some(&e));
             socket::reset(client);
             socket::reset(app);

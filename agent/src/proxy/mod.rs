@@ -14,23 +14,26 @@ mod inbound_plaintext;
 mod outbound;
 pub mod pool;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use lanyard_core::ca::CaClient;
 use lanyard_core::hbone;
 use lanyard_core::identity::Identity;
+use lanyard_core::policy::authz::{Decision, Request};
 use lanyard_core::secrets::{self, SecretManager};
 use lanyard_core::state::{MeshState, Workload};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::capture::maps::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::capture::netns::Netns;
 use crate::capture::{self, Capture};
-use crate::config::Config;
+use crate::config::{Config, MtlsMode};
 use crate::metrics::{ConnInfo, Metrics};
 use crate::socket;
 
@@ -92,8 +95,10 @@ pub enum Error {
     Tunnel(#[from] hbone::Error),
     #[error("copying: {0}")]
     Io(#[from] std::io::Error),
-    #[error("plaintext refused: STRICT mTLS")]
-    StrictMtls,
+    #[error("{0}")]
+    Denied(String),
+    #[error("closed: a policy update denies this connection")]
+    Revoked,
     #[error("HBONE authority {0} is not this pod's address")]
     AuthorityMismatch(SocketAddr),
     #[error("connection to the agent's own port {0}")]
@@ -113,7 +118,7 @@ impl Error {
     pub fn response_flags(&self) -> &'static str {
         match self {
             Error::NoHealthyUpstream { .. } => "UH",
-            Error::StrictMtls => "DENY",
+            Error::Denied(_) | Error::Revoked => "DENY",
             Error::NoOriginalDestination(_)
             | Error::AuthorityMismatch(_)
             | Error::AgentPort(_)
@@ -131,9 +136,153 @@ pub struct PodCtx {
     pub ip: Ipv4Addr,
     pub identity: Identity,
     pub netns: Netns,
+    /// Inbound connections in progress, re-checked when policies change.
+    live: Mutex<HashMap<u64, LiveConn>>,
+}
+
+/// Who is connecting, as policy sees it.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// None for plaintext.
+    pub identity: Option<Identity>,
+}
+
+struct LiveConn {
+    peer: Peer,
+    dst: SocketAddr,
+    cancel: CancellationToken,
+}
+
+/// Keeps a connection registered for re-checks while alive.
+pub struct Tracked<'a> {
+    pod: &'a PodCtx,
+    id: u64,
+    pub cancel: CancellationToken,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.pod
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Why a connection is refused or closed by policy.
+#[derive(Debug)]
+pub struct Denial {
+    pub policy: String,
+    pub detail: String,
+    pub reason: &'static str,
 }
 
 impl PodCtx {
+    /// The pod as the state now knows it (labels can change after enrollment).
+    fn current<'s>(&'s self, state: &'s MeshState) -> &'s Workload {
+        state
+            .workload_by_uid(&self.workload.uid)
+            .map(|w| w.as_ref())
+            .unwrap_or(&self.workload)
+    }
+
+    /// PeerAuthentication (for plaintext) then AuthorizationPolicy, at L4.
+    pub fn check(
+        &self,
+        state: &MeshState,
+        peer: &Peer,
+        dst: SocketAddr,
+    ) -> Result<Decision, Denial> {
+        check(
+            state,
+            self.inputs.config.mtls_mode,
+            self.current(state),
+            peer,
+            dst,
+        )
+    }
+}
+
+/// The decision for a connection from `peer` to `w` at `dst`: PeerAuthentication for
+/// plaintext, then AuthorizationPolicy, as the node agent enforces them. The data path and
+/// `/explain` both call this.
+pub fn check(
+    state: &MeshState,
+    default: MtlsMode,
+    w: &Workload,
+    peer: &Peer,
+    dst: SocketAddr,
+) -> Result<Decision, Denial> {
+    if peer.identity.is_none() && state.is_strict(w, dst.port(), default.into()) {
+        return Err(Denial {
+            policy: "PeerAuthentication".into(),
+            detail: "plaintext refused: STRICT mTLS".into(),
+            reason: "strict_mtls",
+        });
+    }
+    let principal = peer.identity.as_ref().map(Identity::principal);
+    let req = Request {
+        principal: principal.as_deref(),
+        source_namespace: peer.identity.as_ref().map(Identity::namespace),
+        source_service_account: peer.identity.as_ref().map(Identity::service_account),
+        source_ip: peer.ip,
+        destination_ip: dst.ip(),
+        destination_port: dst.port(),
+        http: None,
+    };
+    let d = state.authorize_l4(w, &req);
+    if d.allowed {
+        Ok(d)
+    } else {
+        Err(Denial {
+            policy: d.policy(),
+            detail: d.reason.to_string(),
+            reason: "authorization",
+        })
+    }
+}
+
+impl PodCtx {
+    /// Registers an inbound connection for re-checks on policy updates.
+    pub fn track(&self, id: u64, peer: Peer, dst: SocketAddr) -> Tracked<'_> {
+        let cancel = CancellationToken::new();
+        let conn = LiveConn {
+            peer,
+            dst,
+            cancel: cancel.clone(),
+        };
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, conn);
+        Tracked {
+            pod: self,
+            id,
+            cancel,
+        }
+    }
+
+    /// Closes every live connection the current policies no longer allow.
+    pub fn revalidate(&self, state: &MeshState) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, c) in live.iter() {
+            if let Err(denial) = self.check(state, &c.peer, c.dst) {
+                tracing::warn!(target: "access", id, pod = %self.workload.name, src = %c.peer.ip, dst = %c.dst,
+                    policy = %denial.policy, "closing live connection: {}", denial.detail);
+                let labels = [
+                    self.workload.canonical_name(),
+                    &self.workload.namespace,
+                    &denial.policy,
+                    "revoked",
+                ];
+                self.inputs.metrics.denied.with_label_values(&labels).inc();
+                c.cancel.cancel();
+            }
+        }
+    }
+
     /// Opens a connection to this pod's app at `dst` from the client's own address.
     async fn connect_app(&self, dst: SocketAddr, client: IpAddr) -> Result<TcpStream, Error> {
         let (SocketAddr::V4(dst), IpAddr::V4(client)) = (dst, client) else {
@@ -224,6 +373,7 @@ impl PodProxy {
             ip,
             identity,
             netns,
+            live: Mutex::new(HashMap::new()),
         });
         let tasks = vec![
             tokio::spawn(outbound::run(ctx.clone(), outbound)).abort_handle(),

@@ -1,9 +1,13 @@
 //! Kubernetes-style objects as they arrive from a config source, and why one was rejected.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::policy::wire::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 
 /// Names one object the way an operator would: `Pod default/todoui-1`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,11 +47,28 @@ impl Rejection {
 
 /// The kinds Lanyard reads. Unknown kinds are skipped, not rejected: a user's file may hold
 /// Deployments and the like next to what we need.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Object {
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     Service(Box<Service>),
+    AuthorizationPolicy(Box<IstioObject<AuthorizationPolicySpec>>),
+    PeerAuthentication(Box<IstioObject<PeerAuthenticationSpec>>),
+}
+
+/// An Istio custom resource: what we read of its metadata, and its spec.
+#[derive(Debug, Deserialize)]
+pub struct IstioObject<S> {
+    #[serde(default)]
+    pub metadata: IstioMeta,
+    #[serde(default)]
+    pub spec: S,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct IstioMeta {
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The outcome of reading one document.
@@ -87,10 +108,15 @@ pub fn parse(value: serde_json::Value) -> Parsed {
         namespace,
         name,
     };
+    let security = matches!(
+        api_version,
+        "security.istio.io/v1" | "security.istio.io/v1beta1"
+    );
     let known = matches!(
         (api_version, kind.as_str()),
         ("v1", "Namespace" | "Pod" | "Service")
-    );
+    ) || (security
+        && matches!(kind.as_str(), "AuthorizationPolicy" | "PeerAuthentication"));
     if !known {
         return Parsed::Ignored;
     }
@@ -101,6 +127,12 @@ pub fn parse(value: serde_json::Value) -> Parsed {
         "Namespace" => decode(&object, value).map(|o| Object::Namespace(Box::new(o))),
         "Pod" => decode(&object, value).map(|o| Object::Pod(Box::new(o))),
         "Service" => decode(&object, value).map(|o| Object::Service(Box::new(o))),
+        "AuthorizationPolicy" => {
+            decode(&object, value).map(|o| Object::AuthorizationPolicy(Box::new(o)))
+        }
+        "PeerAuthentication" => {
+            decode(&object, value).map(|o| Object::PeerAuthentication(Box::new(o)))
+        }
         _ => unreachable!("checked by `known` above"),
     };
     match typed {

@@ -4,10 +4,14 @@
 //! that version keeps serving: a typo must never silently drop a pod or widen access.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace as K8sNamespace;
 
 use super::object::{self, Object, ObjectRef, Parsed, Rejection};
+use crate::policy::authz::AuthorizationPolicy;
+use crate::policy::peer::PeerAuthentication;
+use crate::policy::wire;
 use crate::state::{Namespace, Service, Workload};
 
 /// A validated object in our internal form.
@@ -16,6 +20,8 @@ pub enum Resource {
     Namespace(Namespace),
     Workload(Workload),
     Service(Service),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    PeerAuthentication(Arc<PeerAuthentication>),
 }
 
 /// What one update produced: every resource that serves, and every rejection.
@@ -70,6 +76,18 @@ fn convert(oref: &ObjectRef, obj: &Object) -> Result<Resource, Rejection> {
         Object::Namespace(ns) => Ok(Resource::Namespace(namespace(ns))),
         Object::Pod(pod) => Workload::try_from_pod(oref, pod).map(Resource::Workload),
         Object::Service(svc) => Service::try_from_k8s(oref, svc).map(Resource::Service),
+        Object::AuthorizationPolicy(p) => {
+            let ns = oref.namespace.as_deref().unwrap_or_default();
+            wire::authorization_policy(ns, &oref.name, &p.metadata.annotations, &p.spec)
+                .map(|p| Resource::AuthorizationPolicy(Arc::new(p)))
+                .map_err(|(field, msg)| Rejection::new(oref, field, msg))
+        }
+        Object::PeerAuthentication(p) => {
+            let ns = oref.namespace.as_deref().unwrap_or_default();
+            wire::peer_authentication(ns, &oref.name, &p.spec)
+                .map(|p| Resource::PeerAuthentication(Arc::new(p)))
+                .map_err(|(field, msg)| Rejection::new(oref, field, msg))
+        }
     }
 }
 
@@ -102,6 +120,26 @@ mod tests {
             s.rejections[0].to_string(),
             "Pod default/bad: spec.containers[0].ports[0].containerPort: -1 is not a port number"
         );
+    }
+
+    #[test]
+    fn a_broken_policy_keeps_its_last_valid_version_rather_than_widening_access() {
+        let policy = |ns: &str| {
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                   "metadata": {"name": "allow-ui", "namespace": "demo"},
+                   "spec": {"rules": [{"from": [{"source": {"namespaces": [ns]}}]}]}})
+        };
+        let mut store = Store::default();
+        let first = store.update([policy("ui")]);
+        assert!(first.rejections.is_empty());
+        let second = store.update([policy("bad*ns*")]);
+        assert_eq!(
+            first.resources, second.resources,
+            "the valid version keeps enforcing"
+        );
+        let r = &second.rejections[0];
+        assert_eq!(r.object.to_string(), "AuthorizationPolicy demo/allow-ui");
+        assert_eq!(r.field, "spec.rules[0].from[0].source.namespaces[0]");
     }
 
     #[test]

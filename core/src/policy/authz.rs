@@ -171,11 +171,13 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// `ns/name` of the deciding policy, for metrics and logs ("" when none decided).
+    /// `ns/name` of the deciding policy, for metrics and logs: when no ALLOW rule matched,
+    /// the ALLOW policies that applied; "" when no policy applied.
     pub fn policy(&self) -> String {
         match &self.reason {
             Reason::AllowedBy(p) | Reason::DeniedBy(p) => format!("{}/{}", p.namespace, p.name),
-            Reason::NoAllowMatched(_) | Reason::NoAllowPolicies => String::new(),
+            Reason::NoAllowMatched(ps) => ps.join(","),
+            Reason::NoAllowPolicies => String::new(),
         }
     }
 }

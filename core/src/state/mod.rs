@@ -15,12 +15,16 @@ pub use service::{Service, ServicePort, TargetPort};
 pub use workload::{Workload, DATAPLANE_MODE_LABEL};
 
 use crate::config::{Rejection, Resource, Snapshot};
+use crate::policy::authz::{applies_to, evaluate, Action, AuthorizationPolicy, Decision, Request};
+use crate::policy::peer::{self, MtlsMode, PeerAuthentication};
 
 /// Mesh-wide settings that shape how objects are read.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub trust_domain: String,
     pub cluster_domain: String,
+    /// Policies here apply mesh-wide (Istio's root namespace).
+    pub root_namespace: String,
 }
 
 impl Default for Settings {
@@ -28,6 +32,7 @@ impl Default for Settings {
         Self {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
         }
     }
 }
@@ -57,6 +62,14 @@ pub struct MeshState {
     rejections: Vec<Rejection>,
     trust_domain: String,
     cluster_domain: String,
+    root_namespace: String,
+    /// AuthorizationPolicies by namespace, as written (waypoints enforce these).
+    authz: BTreeMap<String, Vec<Arc<AuthorizationPolicy>>>,
+    /// The same, as a node agent enforces them (see `AuthorizationPolicy::for_l4`).
+    authz_l4: BTreeMap<String, Vec<Arc<AuthorizationPolicy>>>,
+    peer_auth: Vec<PeerAuthentication>,
+    /// Accepted objects that do not do all they say (reported, not rejected).
+    warnings: Vec<String>,
 }
 
 // === impl MeshState ===
@@ -67,6 +80,7 @@ impl MeshState {
             rejections: snapshot.rejections,
             trust_domain: settings.trust_domain.clone(),
             cluster_domain: settings.cluster_domain.clone(),
+            root_namespace: settings.root_namespace.clone(),
             ..Default::default()
         };
         for resource in snapshot.resources.into_values() {
@@ -89,6 +103,26 @@ impl MeshState {
                     state
                         .services
                         .insert((s.namespace.clone(), s.name.clone()), s);
+                }
+                Resource::AuthorizationPolicy(p) => {
+                    let (l4, warning) = p.for_l4();
+                    state.warnings.extend(warning);
+                    if p.action == Action::Custom {
+                        state.warnings.push(format!(
+                            "AuthorizationPolicy {}/{}: CUSTOM is not enforced by the node agent",
+                            p.namespace, p.name
+                        ));
+                    }
+                    state
+                        .authz_l4
+                        .entry(p.namespace.clone())
+                        .or_default()
+                        .push(Arc::new(l4));
+                    state.authz.entry(p.namespace.clone()).or_default().push(p);
+                }
+                Resource::PeerAuthentication(p) => {
+                    state.warnings.extend(p.warning());
+                    state.peer_auth.push((*p).clone());
                 }
             }
         }
@@ -141,6 +175,47 @@ impl MeshState {
 
     pub fn rejections(&self) -> &[Rejection] {
         &self.rejections
+    }
+
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn root_namespace(&self) -> &str {
+        &self.root_namespace
+    }
+
+    /// The L4 authorization decision for a connection to `w`, as a node agent makes it.
+    /// Looks only at the root namespace's and `w`'s namespace's policies.
+    pub fn authorize_l4(&self, w: &Workload, req: &Request<'_>) -> Decision {
+        let root = self
+            .authz_l4
+            .get(&self.root_namespace)
+            .into_iter()
+            .flatten();
+        let local = (w.namespace != self.root_namespace)
+            .then(|| self.authz_l4.get(&w.namespace))
+            .flatten()
+            .into_iter()
+            .flatten();
+        let applicable: Vec<&AuthorizationPolicy> = root
+            .chain(local)
+            .map(|p| p.as_ref())
+            .filter(|p| applies_to(p, &self.root_namespace, &w.namespace, &w.labels))
+            .collect();
+        evaluate(applicable.iter().copied(), req)
+    }
+
+    /// Whether plaintext to `port` of `w` is refused (PeerAuthentication STRICT).
+    pub fn is_strict(&self, w: &Workload, port: u16, default: MtlsMode) -> bool {
+        peer::is_strict(
+            &self.peer_auth,
+            &self.root_namespace,
+            &w.namespace,
+            &w.labels,
+            port,
+            default,
+        )
     }
 
     pub fn workload_count(&self) -> usize {
@@ -246,8 +321,20 @@ impl MeshState {
             .collect();
         namespaces.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         let rejections: Vec<_> = self.rejections.iter().map(|r| r.to_string()).collect();
-        json!({"trustDomain": self.trust_domain, "namespaces": namespaces, "workloads": workloads,
-               "services": services, "rejected": rejections})
+        let policies: Vec<String> = self
+            .authz
+            .values()
+            .flatten()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        let peer: Vec<String> = self
+            .peer_auth
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        json!({"trustDomain": self.trust_domain, "rootNamespace": self.root_namespace, "namespaces": namespaces,
+               "workloads": workloads, "services": services, "authorizationPolicies": policies,
+               "peerAuthentications": peer, "rejected": rejections, "warnings": self.warnings})
     }
 }
 
