@@ -320,6 +320,55 @@ fn render(d: &Figures, m: &Figures) -> String {
     t
 }
 
+/// `cargo xtask bench policy`: the criterion benchmark of the policy engine; its medians go to
+/// docs/benchmarks.md (its own section, replaced on each run).
+pub fn policy() -> Result<()> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["bench", "-p", "lanyard-core", "--bench", "policy"])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("cargo bench failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    print!("{text}");
+    // criterion prints "name\n   time:   [low median high]"
+    let mut rows = Vec::new();
+    let mut last_name = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.trim().strip_prefix("time:") {
+            let parts: Vec<&str> = rest
+                .trim()
+                .trim_matches(|c| c == '[' || c == ']')
+                .split_whitespace()
+                .collect();
+            if parts.len() >= 4 {
+                rows.push((last_name.clone(), format!("{} {}", parts[2], parts[3])));
+            }
+        } else if !line.starts_with(' ') && !line.trim().is_empty() {
+            last_name = line.trim().to_string();
+        }
+    }
+    let targets = [("l4 decision", "≤ 1 µs"), ("config update", "≤ 50 ms")];
+    let mut section = String::from("## Policy engine\n\n`cargo xtask bench policy` (criterion, median). 5,000 AuthorizationPolicies in 100 namespaces, 50 applying to the destination workload (the last one matching).\n\n| benchmark | median | target |\n|---|---|---|\n");
+    for (name, median) in &rows {
+        let target = targets
+            .iter()
+            .find(|(p, _)| name.starts_with(p))
+            .map_or("", |t| t.1);
+        section += &format!("| {name} | {median} | {target} |\n");
+    }
+    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+    let existing = std::fs::read_to_string(&doc).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let kept = match existing.find("## Policy engine") {
+        Some(i) => existing[..i].to_string(),
+        None => existing,
+    };
+    std::fs::write(&doc, format!("{}\n{section}", kept.trim_end()))?;
+    eprintln!("written to {}", doc.display());
+    Ok(())
+}
+
 fn write_doc(path: &Path, table: &str) -> Result<()> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")?
         .lines()
@@ -336,6 +385,11 @@ fn write_doc(path: &Path, table: &str) -> Result<()> {
             .output()?
             .stdout,
     )?;
+    // Other suites' sections (after this one) are kept.
+    let others = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.find("## Policy engine").map(|i| s[i..].to_string()))
+        .unwrap_or_default();
     let mut f = std::fs::File::create(path)?;
     writeln!(f, "# Benchmarks\n")?;
     writeln!(
@@ -359,5 +413,8 @@ fn write_doc(path: &Path, table: &str) -> Result<()> {
         kernel.trim()
     )?;
     writeln!(f, "{table}")?;
+    if !others.is_empty() {
+        writeln!(f, "{others}")?;
+    }
     Ok(())
 }

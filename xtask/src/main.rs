@@ -33,7 +33,7 @@ enum Cmd {
     Lint,
     /// Remove network namespaces, cgroups and BPF pins left by killed end-to-end runs.
     E2eClean,
-    /// Benchmarks: `l4` (agent, direct vs meshed).
+    /// Benchmarks: `l4` (agent, direct vs meshed), `policy` (authorization engine).
     Bench {
         #[arg(default_value = "l4")]
         suite: String,
@@ -57,7 +57,8 @@ fn main() -> Result<()> {
                 setup::ensure()?;
                 bench::l4()
             }
-            other => bail!("unknown benchmark suite {other:?} (have: l4)"),
+            "policy" => bench::policy(),
+            other => bail!("unknown benchmark suite {other:?} (have: l4, policy)"),
         },
         Cmd::Demo { keep } => {
             setup::ensure()?;

@@ -7,30 +7,16 @@ use std::sync::Arc;
 use lanyard_core::hbone::{self, copy_bidirectional, Copied, InboundRequest};
 use lanyard_core::identity::Identity;
 use lanyard_core::tls;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tracing::{debug, info_span, Instrument};
 
 use lanyard_core::policy::authz::Reason;
 
-use super::{accept_backoff, Error, Peer, PodCtx};
+use super::{Error, Peer, PodCtx};
 use crate::metrics::{ConnInfo, ConnRecord};
 use crate::socket;
 
-pub async fn run(pod: Arc<PodCtx>, listener: TcpListener) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                accept_backoff(e).await;
-                continue;
-            }
-        };
-        let span = info_span!("inbound", pod = %pod.workload.name, peer = %peer);
-        tokio::spawn(serve_connection(pod.clone(), stream, peer).instrument(span));
-    }
-}
-
-async fn serve_connection(pod: Arc<PodCtx>, tcp: TcpStream, peer: SocketAddr) {
+pub(super) async fn serve_connection(pod: Arc<PodCtx>, _id: u64, tcp: TcpStream, peer: SocketAddr) {
     let inputs = &pod.inputs;
     let fail = |reason: &str, detail: &dyn std::fmt::Display| {
         inputs

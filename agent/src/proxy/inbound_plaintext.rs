@@ -6,30 +6,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{info_span, Instrument};
+use tokio::net::TcpStream;
 
-use super::{accept_backoff, Error, Peer, PodCtx};
+use super::{Error, Peer, PodCtx};
 use crate::capture::maps::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::metrics::{ConnInfo, ConnRecord};
 use crate::socket;
 
-pub async fn run(pod: Arc<PodCtx>, listener: TcpListener) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                accept_backoff(e).await;
-                continue;
-            }
-        };
-        let id = pod.inputs.next_id();
-        let span = info_span!("inbound_plaintext", id, pod = %pod.workload.name);
-        tokio::spawn(handle(pod.clone(), id, stream, peer).instrument(span));
-    }
-}
-
-async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, peer: SocketAddr) {
     let inputs = &pod.inputs;
     let Ok(orig) = client.local_addr() else {
         return;

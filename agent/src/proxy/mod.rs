@@ -25,7 +25,7 @@ use lanyard_core::identity::Identity;
 use lanyard_core::policy::authz::{Decision, Request};
 use lanyard_core::secrets::{self, SecretManager};
 use lanyard_core::state::{MeshState, Workload};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -376,16 +376,59 @@ impl PodProxy {
             live: Mutex::new(HashMap::new()),
         });
         let tasks = vec![
-            tokio::spawn(outbound::run(ctx.clone(), outbound)).abort_handle(),
-            tokio::spawn(inbound_plaintext::run(ctx.clone(), plaintext)).abort_handle(),
-            tokio::spawn(inbound::run(ctx.clone(), hbone)).abort_handle(),
+            tokio::spawn(accept_loop(
+                ctx.clone(),
+                outbound,
+                "outbound",
+                outbound::handle,
+            ))
+            .abort_handle(),
+            tokio::spawn(accept_loop(
+                ctx.clone(),
+                plaintext,
+                "inbound_plaintext",
+                inbound_plaintext::handle,
+            ))
+            .abort_handle(),
+            tokio::spawn(accept_loop(
+                ctx.clone(),
+                hbone,
+                "inbound",
+                inbound::serve_connection,
+            ))
+            .abort_handle(),
         ];
         Ok(Self { ctx, tasks })
     }
 }
 
-/// Accept errors (e.g. out of file descriptors) must not spin a loop at full speed.
-async fn accept_backoff(e: std::io::Error) {
-    tracing::warn!("accept failed: {e}");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// Accepts on `listener` until the pod proxy stops, handing each connection to `handle` on
+/// its own task, inside a span naming the direction, connection id, pod and peer.
+async fn accept_loop<F, Fut>(
+    pod: Arc<PodCtx>,
+    listener: TcpListener,
+    direction: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<PodCtx>, u64, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Accept errors (e.g. out of file descriptors) must not spin at full speed.
+                tracing::warn!(direction, "accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let id = pod.inputs.next_id();
+        let span =
+            tracing::info_span!("conn", direction, id, pod = %pod.workload.name, peer = %peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            handle(pod.clone(), id, stream, peer),
+            span,
+        ));
+    }
 }

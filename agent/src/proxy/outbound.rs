@@ -7,29 +7,14 @@ use std::sync::Arc;
 use lanyard_core::hbone::{copy_bidirectional, ConnectRequest, Copied, HBONE_DEFAULT_PORT};
 use lanyard_core::state::{MeshState, Service, Workload};
 use rand::Rng;
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info_span, Instrument};
+use tokio::net::TcpStream;
+use tracing::debug;
 
 use super::pool::PoolKey;
-use super::{accept_backoff, Error, PodCtx};
+use super::{Error, PodCtx};
 use crate::capture::maps::MARK_AGENT;
 use crate::metrics::{ConnInfo, ConnRecord};
 use crate::socket;
-
-pub async fn run(pod: Arc<PodCtx>, listener: TcpListener) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                accept_backoff(e).await;
-                continue;
-            }
-        };
-        let id = pod.inputs.next_id();
-        let span = info_span!("outbound", id, pod = %pod.workload.name);
-        tokio::spawn(handle(pod.clone(), stream, peer).instrument(span));
-    }
-}
 
 /// Where a connection goes once resolved.
 struct Target {
@@ -73,7 +58,7 @@ fn resolve(state: &MeshState, orig: SocketAddrV4) -> Result<Target, Error> {
     })
 }
 
-async fn handle(pod: Arc<PodCtx>, mut app: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(pod: Arc<PodCtx>, _id: u64, mut app: TcpStream, peer: SocketAddr) {
     let inputs = &pod.inputs;
     let mut info = ConnInfo {
         reporter: "source",

@@ -145,10 +145,17 @@ fn decode<T: DeserializeOwned>(
     object: &ObjectRef,
     value: serde_json::Value,
 ) -> Result<T, Rejection> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        Rejection::new(object, path, e.into_inner().to_string())
-    })
+    // The plain decoder is fast; the path-tracking one only runs to explain a failure.
+    match T::deserialize(&value) {
+        Ok(t) => Ok(t),
+        Err(_) => match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                let path = e.path().to_string();
+                Err(Rejection::new(object, path, e.into_inner().to_string()))
+            }
+        },
+    }
 }
 
 #[cfg(test)]

@@ -108,11 +108,19 @@ pub enum ConditionKey {
     ConnectionSni,
 }
 
+/// A `when` value, parsed once (at validation) for its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConditionValue {
+    Ip(IpNet),
+    Port(u16),
+    Str(StringMatch),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Condition {
     pub key: ConditionKey,
-    pub values: Vec<String>,
-    pub not_values: Vec<String>,
+    pub values: Vec<ConditionValue>,
+    pub not_values: Vec<ConditionValue>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -305,13 +313,10 @@ impl ConditionKey {
 impl Condition {
     fn matches(&self, r: &Request<'_>) -> bool {
         let http = r.http.as_ref();
-        let ip_in = |ip: IpAddr, v: &str| {
-            super::matcher::parse_ip_block(v).is_some_and(|n| n.contains(&ip))
-        };
-        let string_in = |attr: Option<&str>, v: &str| {
-            attr.is_some_and(|a| StringMatch::parse(v).is_some_and(|m| m.matches(a)))
-        };
-        let one = |v: &str| -> bool {
+        let ip_in =
+            |ip: IpAddr, v: &ConditionValue| matches!(v, ConditionValue::Ip(n) if n.contains(&ip));
+        let string_in = |attr: Option<&str>, v: &ConditionValue| matches!((attr, v), (Some(a), ConditionValue::Str(m)) if m.matches(a));
+        let one = |v: &ConditionValue| -> bool {
             match &self.key {
                 ConditionKey::SourceIp => ip_in(r.source_ip, v),
                 ConditionKey::DestinationIp => ip_in(r.destination_ip, v),
@@ -321,7 +326,7 @@ impl Condition {
                 ConditionKey::SourceNamespace => string_in(r.source_namespace, v),
                 ConditionKey::SourcePrincipal => string_in(r.principal, v),
                 ConditionKey::DestinationPort => {
-                    v.parse::<u16>().is_ok_and(|p| p == r.destination_port)
+                    matches!(v, ConditionValue::Port(p) if *p == r.destination_port)
                 }
                 ConditionKey::RequestHeader(name) => {
                     let value = http
@@ -341,8 +346,8 @@ impl Condition {
                 ConditionKey::ConnectionSni => false,
             }
         };
-        let positive = self.values.is_empty() || self.values.iter().any(|v| one(v));
-        let negative = self.not_values.iter().any(|v| one(v));
+        let positive = self.values.is_empty() || self.values.iter().any(&one);
+        let negative = self.not_values.iter().any(one);
         positive && !negative
     }
 }
@@ -389,24 +394,17 @@ impl Rule {
 
 impl AuthorizationPolicy {
     /// The form a node agent enforces: without HTTP, an ALLOW rule that needs L7 attributes
-    /// can never be satisfied and is dropped; a DENY (or AUDIT) rule is kept without its L7
-    /// parts, so that it denies more rather than less. Returns the policy and a warning.
-    pub fn for_l4(&self) -> (Self, Option<String>) {
-        let Some(rules) = &self.rules else {
-            return (self.clone(), None);
-        };
+    /// can never be satisfied and is disabled; a DENY (or AUDIT) rule is kept without its L7
+    /// parts, so that it denies more rather than less. Returns the projection and a warning,
+    /// or `None` when the policy needs no change (the common case: share it as it is).
+    pub fn for_l4(&self) -> Option<(Self, String)> {
+        let rules = self.rules.as_ref()?;
         if !rules.iter().any(Rule::has_l7) {
-            return (self.clone(), None);
+            return None;
         }
         let (rules, warning) = match self.action {
             Action::Allow => (
-                rules
-                    .iter()
-                    .map(|r| Rule {
-                        disabled: r.has_l7(),
-                        ..r.clone()
-                    })
-                    .collect::<Vec<_>>(),
+                rules.iter().map(|r| Rule { disabled: r.has_l7(), ..r.clone() }).collect::<Vec<_>>(),
                 "ALLOW rules with HTTP attributes are ignored at the node agent (they never match without a waypoint)",
             ),
             _ => (
@@ -424,13 +422,13 @@ impl AuthorizationPolicy {
         };
         let mut p = self.clone();
         p.rules = Some(rules);
-        (
+        Some((
             p,
-            Some(format!(
+            format!(
                 "AuthorizationPolicy {}/{}: {warning}",
                 self.namespace, self.name
-            )),
-        )
+            ),
+        ))
     }
 
     /// Index of the first matching rule.
@@ -454,56 +452,54 @@ pub fn evaluate<'p>(
     policies: impl IntoIterator<Item = &'p AuthorizationPolicy> + Clone,
     r: &Request<'_>,
 ) -> Decision {
+    // One pass: the first enforced DENY match decides at once; otherwise the first ALLOW
+    // match is kept while the remaining policies are still checked for a DENY.
     let mut dry_run = Vec::new();
     let mut audited = Vec::new();
-    let mut denied = None;
+    let mut any_allow = false;
+    let mut allowed = None;
     for p in policies.clone() {
-        match p.action {
-            Action::Deny => {
+        match (p.action, p.dry_run) {
+            (Action::Deny, false) => {
                 if let Some(i) = p.first_match(r) {
-                    if p.dry_run {
-                        dry_run.push((p.rule_ref(i), false));
-                    } else if denied.is_none() {
-                        denied = Some(p.rule_ref(i));
-                    }
+                    return Decision {
+                        allowed: false,
+                        reason: Reason::DeniedBy(p.rule_ref(i)),
+                        dry_run,
+                        audited,
+                    };
                 }
             }
-            Action::Audit => {
+            (Action::Allow, false) => {
+                any_allow = true;
+                if allowed.is_none() {
+                    allowed = p.first_match(r).map(|i| p.rule_ref(i));
+                }
+            }
+            (Action::Deny | Action::Allow, true) => {
+                let hit = p.first_match(r);
+                let would_allow = (p.action == Action::Allow) == hit.is_some();
+                dry_run.push((p.rule_ref(hit.unwrap_or(0)), would_allow));
+            }
+            (Action::Audit, _) => {
                 if let Some(i) = p.first_match(r) {
                     audited.push(p.rule_ref(i));
                 }
             }
-            Action::Allow | Action::Custom => {}
+            (Action::Custom, _) => {}
         }
     }
-    if let Some(rule) = denied {
-        return Decision {
-            allowed: false,
-            reason: Reason::DeniedBy(rule),
-            dry_run,
-            audited,
-        };
-    }
-    let mut allow_policies = Vec::new();
-    let mut allowed = None;
-    for p in policies.into_iter().filter(|p| p.action == Action::Allow) {
-        let hit = p.first_match(r);
-        if p.dry_run {
-            dry_run.push((
-                hit.map_or_else(|| p.rule_ref(0), |i| p.rule_ref(i)),
-                hit.is_some(),
-            ));
-            continue;
-        }
-        allow_policies.push(format!("{}/{}", p.namespace, p.name));
-        if let (Some(i), None) = (hit, &allowed) {
-            allowed = Some(p.rule_ref(i));
-        }
-    }
-    let reason = match (allowed, allow_policies.is_empty()) {
+    let reason = match (allowed, any_allow) {
         (Some(rule), _) => Reason::AllowedBy(rule),
-        (None, true) => Reason::NoAllowPolicies,
-        (None, false) => Reason::NoAllowMatched(allow_policies),
+        (None, false) => Reason::NoAllowPolicies,
+        // Names are only spelled out on the (rarer) denial path.
+        (None, true) => Reason::NoAllowMatched(
+            policies
+                .into_iter()
+                .filter(|p| p.action == Action::Allow && !p.dry_run)
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect(),
+        ),
     };
     Decision {
         allowed: matches!(reason, Reason::AllowedBy(_) | Reason::NoAllowPolicies),

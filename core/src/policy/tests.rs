@@ -102,23 +102,22 @@ fn method(m: &'static str, path: &'static str) -> R {
     }
 }
 
-/// "allow:ns/name#rule", "deny:ns/name#rule", "allow:none", "deny:nomatch"
-fn run(yaml: &str, r: &R) -> String {
-    let ps = policies(yaml);
+/// Decides `r` against `ps` (HTTP attributes only when `http`), as
+/// "allow:ns/name#rule", "deny:ns/name#rule", "allow:none" or "deny:nomatch".
+fn decide(ps: &[AuthorizationPolicy], r: &R, http: bool) -> String {
     let labels: BTreeMap<String, String> = [("app".to_string(), "server".to_string())].into();
-    let applicable: Vec<&AuthorizationPolicy> = ps
-        .iter()
-        .filter(|p| applies_to(p, "istio-system", "foo", &labels))
-        .collect();
-    let http = r.http.map(|(host, method, path)| HttpAttrs {
-        host,
-        method,
-        path,
-        headers: r.headers.clone(),
-        request_principal: r.jwt,
-        claims: r.claims.as_ref(),
-        remote_ip: None,
-    });
+    let attrs = r
+        .http
+        .filter(|_| http)
+        .map(|(host, method, path)| HttpAttrs {
+            host,
+            method,
+            path,
+            headers: r.headers.clone(),
+            request_principal: r.jwt,
+            claims: r.claims.as_ref(),
+            remote_ip: None,
+        });
     let req = Request {
         principal: r.principal,
         source_namespace: r.src_ns,
@@ -126,31 +125,7 @@ fn run(yaml: &str, r: &R) -> String {
         source_ip: r.src_ip.parse::<IpAddr>().unwrap(),
         destination_ip: r.dst_ip.parse::<IpAddr>().unwrap(),
         destination_port: r.port,
-        http,
-    };
-    let d = evaluate(applicable.iter().copied(), &req);
-    let verdict = if d.allowed { "allow" } else { "deny" };
-    match d.reason {
-        Reason::AllowedBy(p) | Reason::DeniedBy(p) => {
-            format!("{verdict}:{}/{}#{}", p.namespace, p.name, p.rule)
-        }
-        Reason::NoAllowPolicies => format!("{verdict}:none"),
-        Reason::NoAllowMatched(_) => format!("{verdict}:nomatch"),
-    }
-}
-
-/// L4 form of the same evaluation (as the agent enforces it).
-fn run_l4(yaml: &str, r: &R) -> String {
-    let ps: Vec<AuthorizationPolicy> = policies(yaml).iter().map(|p| p.for_l4().0).collect();
-    let labels: BTreeMap<String, String> = [("app".to_string(), "server".to_string())].into();
-    let req = Request {
-        principal: r.principal,
-        source_namespace: r.src_ns,
-        source_service_account: r.src_sa,
-        source_ip: r.src_ip.parse().unwrap(),
-        destination_ip: r.dst_ip.parse().unwrap(),
-        destination_port: r.port,
-        http: None,
+        http: attrs,
     };
     let d = evaluate(
         ps.iter()
@@ -165,6 +140,19 @@ fn run_l4(yaml: &str, r: &R) -> String {
         Reason::NoAllowPolicies => format!("{verdict}:none"),
         Reason::NoAllowMatched(_) => format!("{verdict}:nomatch"),
     }
+}
+
+fn run(yaml: &str, r: &R) -> String {
+    decide(&policies(yaml), r, true)
+}
+
+/// As the node agent enforces it: the L4 form, no HTTP attributes.
+fn run_l4(yaml: &str, r: &R) -> String {
+    let ps: Vec<AuthorizationPolicy> = policies(yaml)
+        .into_iter()
+        .map(|p| p.for_l4().map_or(p, |(l4, _)| l4))
+        .collect();
+    decide(&ps, r, false)
 }
 
 macro_rules! cases {
@@ -280,8 +268,8 @@ fn l4_drops_allow_rules_that_need_http() {
         ),
         "allow:foo/get-only#1"
     );
-    let (_, warning) = policies(L7_ALLOW)[0].for_l4();
-    assert!(warning.unwrap().contains("foo/get-only"));
+    let (_, warning) = policies(L7_ALLOW)[0].for_l4().unwrap();
+    assert!(warning.contains("foo/get-only"));
 }
 
 #[test]
@@ -298,8 +286,8 @@ fn l4_enforces_deny_rules_without_their_http_parts() {
         ),
         "allow:none"
     );
-    let (_, warning) = policies(L7_DENY)[0].for_l4();
-    assert!(warning.unwrap().contains("DENY"));
+    let (_, warning) = policies(L7_DENY)[0].for_l4().unwrap();
+    assert!(warning.contains("DENY"));
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::authz::{
-    Action, AuthorizationPolicy, Condition, ConditionKey, Field, Operation, Rule, Scope, Source,
-    TargetRef,
+    Action, AuthorizationPolicy, Condition, ConditionKey, ConditionValue, Field, Operation, Rule,
+    Scope, Source, TargetRef,
 };
 use super::matcher::{parse_ip_block, PathMatch, StringMatch};
 use super::peer::{MtlsMode, PeerAuthentication};
@@ -136,20 +136,25 @@ fn field<T>(
     not: &Values,
     conv: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Field<T>, Invalid> {
-    let not_name = format!("not{}{}", name[..1].to_uppercase(), &name[1..]);
-    let one = |list: &Values, fname: &str| -> Result<Vec<T>, Invalid> {
-        let mut out = Vec::new();
+    // Field paths are only spelled out when something is wrong: this runs for every field of
+    // every policy on each update.
+    let one = |list: &Values, negative: bool| -> Result<Vec<T>, Invalid> {
+        let at = |i: usize| match negative {
+            false => format!("{path}.{name}[{i}]"),
+            true => format!("{path}.not{}{}[{i}]", name[..1].to_uppercase(), &name[1..]),
+        };
+        let mut out = Vec::with_capacity(list.as_ref().map_or(0, Vec::len));
         for (i, v) in list.iter().flatten().enumerate() {
             if v.is_empty() {
-                return err(format!("{path}.{fname}[{i}]"), "empty value");
+                return err(at(i), "empty value");
             }
-            out.push(conv(v).map_err(|m| (format!("{path}.{fname}[{i}]"), m))?);
+            out.push(conv(v).map_err(|m| (at(i), m))?);
         }
         Ok(out)
     };
     Ok(Field {
-        values: one(values, name)?,
-        not_values: one(not, &not_name)?,
+        values: one(values, false)?,
+        not_values: one(not, true)?,
     })
 }
 
@@ -289,29 +294,28 @@ fn condition(path: &str, c: &ConditionWire) -> Result<Condition, Invalid> {
     if values.is_empty() && not_values.is_empty() {
         return err(path, "must set values or notValues");
     }
-    for (name, list) in [("values", &values), ("notValues", &not_values)] {
+    let parse_all = |name: &str, list: &[String]| -> Result<Vec<ConditionValue>, Invalid> {
+        let mut out = Vec::new();
         for (i, v) in list.iter().enumerate() {
-            let f = format!("{path}.{name}[{i}]");
+            let f = || format!("{path}.{name}[{i}]");
             if v.is_empty() {
-                return err(f, "empty value");
+                return err(f(), "empty value");
             }
-            match key {
+            let parsed = match key {
                 ConditionKey::SourceIp | ConditionKey::DestinationIp | ConditionKey::RemoteIp => {
-                    ip_block(v).map_err(|m| (f.clone(), m))?;
+                    ip_block(v).map(ConditionValue::Ip)
                 }
-                ConditionKey::DestinationPort => {
-                    port(v).map_err(|m| (f.clone(), m))?;
-                }
-                _ => {
-                    string_match(v).map_err(|m| (f.clone(), m))?;
-                }
-            }
+                ConditionKey::DestinationPort => port(v).map(ConditionValue::Port),
+                _ => string_match(v).map(ConditionValue::Str),
+            };
+            out.push(parsed.map_err(|m| (f(), m))?);
         }
-    }
+        Ok(out)
+    };
     Ok(Condition {
+        values: parse_all("values", &values)?,
+        not_values: parse_all("notValues", &not_values)?,
         key,
-        values,
-        not_values,
     })
 }
 

@@ -67,6 +67,8 @@ pub struct MeshState {
     authz: BTreeMap<String, Vec<Arc<AuthorizationPolicy>>>,
     /// The same, as a node agent enforces them (see `AuthorizationPolicy::for_l4`).
     authz_l4: BTreeMap<String, Vec<Arc<AuthorizationPolicy>>>,
+    /// Workload UID -> the L4 policies that apply to it.
+    applicable_l4: HashMap<String, Arc<[Arc<AuthorizationPolicy>]>>,
     peer_auth: Vec<PeerAuthentication>,
     /// Accepted objects that do not do all they say (reported, not rejected).
     warnings: Vec<String>,
@@ -105,8 +107,14 @@ impl MeshState {
                         .insert((s.namespace.clone(), s.name.clone()), s);
                 }
                 Resource::AuthorizationPolicy(p) => {
-                    let (l4, warning) = p.for_l4();
-                    state.warnings.extend(warning);
+                    let l4 = match p.for_l4() {
+                        Some((l4, warning)) => {
+                            state.warnings.push(warning);
+                            Arc::new(l4)
+                        }
+                        // Unchanged: share it rather than copy it.
+                        None => p.clone(),
+                    };
                     if p.action == Action::Custom {
                         state.warnings.push(format!(
                             "AuthorizationPolicy {}/{}: CUSTOM is not enforced by the node agent",
@@ -117,7 +125,7 @@ impl MeshState {
                         .authz_l4
                         .entry(p.namespace.clone())
                         .or_default()
-                        .push(Arc::new(l4));
+                        .push(l4);
                     state.authz.entry(p.namespace.clone()).or_default().push(p);
                 }
                 Resource::PeerAuthentication(p) => {
@@ -127,6 +135,11 @@ impl MeshState {
             }
         }
         state.endpoints = state.compute_endpoints();
+        state.applicable_l4 = state
+            .workloads
+            .values()
+            .map(|w| (w.uid.clone(), state.applicable_l4_for(w)))
+            .collect();
         state
     }
 
@@ -185,9 +198,18 @@ impl MeshState {
         &self.root_namespace
     }
 
-    /// The L4 authorization decision for a connection to `w`, as a node agent makes it.
-    /// Looks only at the root namespace's and `w`'s namespace's policies.
+    /// The L4 authorization decision for a connection to `w`, as a node agent makes it. The
+    /// policies that apply to each workload are found once per state, not per connection.
     pub fn authorize_l4(&self, w: &Workload, req: &Request<'_>) -> Decision {
+        match self.applicable_l4.get(&w.uid) {
+            Some(ps) => evaluate(ps.iter().map(|p| p.as_ref()), req),
+            // A workload this state does not know (e.g. already deleted): scope it now.
+            None => evaluate(self.applicable_l4_for(w).iter().map(|p| p.as_ref()), req),
+        }
+    }
+
+    /// The root namespace's and `w`'s namespace's L4 policies whose scope covers `w`.
+    fn applicable_l4_for(&self, w: &Workload) -> Arc<[Arc<AuthorizationPolicy>]> {
         let root = self
             .authz_l4
             .get(&self.root_namespace)
@@ -198,12 +220,10 @@ impl MeshState {
             .flatten()
             .into_iter()
             .flatten();
-        let applicable: Vec<&AuthorizationPolicy> = root
-            .chain(local)
-            .map(|p| p.as_ref())
+        root.chain(local)
             .filter(|p| applies_to(p, &self.root_namespace, &w.namespace, &w.labels))
-            .collect();
-        evaluate(applicable.iter().copied(), req)
+            .cloned()
+            .collect()
     }
 
     /// Whether plaintext to `port` of `w` is refused (PeerAuthentication STRICT).
