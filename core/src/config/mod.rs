@@ -1,6 +1,7 @@
 //! Config sources and the per-object validation they share.
 
 mod file;
+pub mod k8s;
 mod object;
 mod store;
 

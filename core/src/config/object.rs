@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use super::k8s::{Namespace, Pod, Service};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 

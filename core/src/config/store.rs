@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Namespace as K8sNamespace;
+use super::k8s::Namespace as K8sNamespace;
 
 use super::object::{self, Object, ObjectRef, Parsed, Rejection};
 use crate::policy::authz::AuthorizationPolicy;

@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Service as K8sService;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use crate::config::k8s::{IntOrString, Service as K8sService};
 
 use crate::config::{ObjectRef, Rejection};
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::config::k8s::Pod;
 
 use crate::config::{ObjectRef, Rejection};
 use crate::identity::Identity;
