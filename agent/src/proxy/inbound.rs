@@ -31,10 +31,11 @@ pub(super) async fn serve_connection(pod: Arc<PodCtx>, _id: u64, tcp: TcpStream,
         Err(e) => return fail("no_certificate", &e),
     };
     let _ = tcp.set_nodelay(true);
-    let accepted = tokio::time::timeout(
+    // Boxed: the TLS handshake state is large and only needed once per pooled connection.
+    let accepted = Box::pin(tokio::time::timeout(
         inputs.config.handshake_timeout,
         tls::accept(tcp, &cert, &inputs.config.trust_domain),
-    )
+    ))
     .await;
     let (tls, peer_id) = match accepted {
         Ok(Ok(x)) => x,
@@ -103,7 +104,8 @@ async fn handle_stream(
         }
     }
     let tracked = pod.track(id, peer, req.authority);
-    let mut app = match pod.connect_app(req.authority, src_ip).await {
+    // Boxed: connect state is short-lived; only the copy stays inline for the stream's life.
+    let mut app = match Box::pin(pod.connect_app(req.authority, src_ip)).await {
         Ok(s) => s,
         Err(e) => {
             req.refuse(http::StatusCode::SERVICE_UNAVAILABLE);

@@ -51,7 +51,7 @@ pub(super) async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, pee
         return socket::reset(client);
     }
     let tracked = pod.track(id, who, orig);
-    let mut app = match pod.connect_app(orig, peer.ip()).await {
+    let mut app = match Box::pin(pod.connect_app(orig, peer.ip())).await {
         Ok(s) => s,
         Err(e) => {
             record.close(0, 0, e.response_flags(), Some(&e));

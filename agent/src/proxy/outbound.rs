@@ -138,18 +138,23 @@ async fn hbone(
     copied: &mut Copied,
 ) -> Result<(), Error> {
     let inputs = &pod.inputs;
-    let cert = inputs.secrets.fetch(&pod.identity).await?;
-    let key = PoolKey {
-        src_ip: pod.ip,
-        src_id: pod.identity.clone(),
-        dst_id: dst.identity(state.trust_domain()),
-        dst: SocketAddrV4::new(*addr.ip(), HBONE_DEFAULT_PORT),
+    // Setup (certificate, pooled dial, CONNECT) runs boxed: its state is large and short-lived,
+    // and would otherwise stay inline in every connection's task for its whole life.
+    let setup = async {
+        let cert = inputs.secrets.fetch(&pod.identity).await?;
+        let key = PoolKey {
+            src_ip: pod.ip,
+            src_id: pod.identity.clone(),
+            dst_id: dst.identity(state.trust_domain()),
+            dst: SocketAddrV4::new(*addr.ip(), HBONE_DEFAULT_PORT),
+        };
+        let req = ConnectRequest {
+            authority: SocketAddr::V4(addr),
+            headers: Default::default(),
+        };
+        Ok::<_, Error>(inputs.pool.connect(&key, &pod.netns, &cert, req).await?)
     };
-    let req = ConnectRequest {
-        authority: SocketAddr::V4(addr),
-        headers: Default::default(),
-    };
-    let (stream, _guard) = inputs.pool.connect(&key, &pod.netns, &cert, req).await?;
+    let (stream, _guard) = Box::pin(setup).await?;
     copy_bidirectional(app, stream, copied).await?;
     Ok(())
 }

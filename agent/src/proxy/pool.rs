@@ -108,7 +108,8 @@ impl Pool {
                     }
                 }
                 Next::Dial(tx) => {
-                    let dialed = self.dial(key, netns, cert).await;
+                    // Boxed: dialing is rare and its TLS/HTTP/2 handshake state is large.
+                    let dialed = Box::pin(self.dial(key, netns, cert)).await;
                     let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
                     let slot = slots.entry(key.clone()).or_default();
                     slot.dialing = None;
