@@ -156,10 +156,6 @@ impl Netns {
         Ok(ns)
     }
 
-    pub fn inode(&self) -> u64 {
-        self.inode
-    }
-
     /// The kernel's cookie for this namespace, as `bpf_get_netns_cookie` sees it.
     pub fn cookie(&self) -> u64 {
         self.cookie

@@ -14,9 +14,6 @@ pub use server::{serve, InboundRequest};
 
 pub const HBONE_DEFAULT_PORT: u16 = 15008;
 
-/// Optional headers ztunnel sends and accepts; carried through, never interpreted here.
-pub const PASSTHROUGH_HEADERS: [&str; 3] = ["baggage", "forwarded", "traceparent"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("HTTP/2: {0}")]

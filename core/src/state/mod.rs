@@ -43,6 +43,10 @@ pub struct Namespace {
     pub labels: BTreeMap<String, String>,
 }
 
+/// namespace -> service name -> service port -> ready endpoints. Nested so that lookups borrow
+/// `&str` keys instead of building owned tuple keys per connection.
+type EndpointIndex = HashMap<String, HashMap<String, HashMap<u16, Box<[Endpoint]>>>>;
+
 /// One endpoint of a service port: the workload and the port it listens on.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
@@ -58,7 +62,7 @@ pub struct MeshState {
     services: BTreeMap<(String, String), Arc<Service>>,
     by_vip: HashMap<Ipv4Addr, Arc<Service>>,
     /// (namespace, name, service port) -> ready endpoints.
-    endpoints: HashMap<(String, String, u16), Arc<[Endpoint]>>,
+    endpoints: EndpointIndex,
     rejections: Vec<Rejection>,
     trust_domain: String,
     cluster_domain: String,
@@ -143,8 +147,8 @@ impl MeshState {
         state
     }
 
-    fn compute_endpoints(&self) -> HashMap<(String, String, u16), Arc<[Endpoint]>> {
-        let mut out = HashMap::new();
+    fn compute_endpoints(&self) -> EndpointIndex {
+        let mut out = EndpointIndex::new();
         for svc in self.services.values() {
             let Some(selector) = &svc.selector else {
                 continue;
@@ -169,10 +173,11 @@ impl MeshState {
                         })
                     })
                     .collect();
-                out.insert(
-                    (svc.namespace.clone(), svc.name.clone(), sp.port),
-                    eps.into(),
-                );
+                out.entry(svc.namespace.clone())
+                    .or_default()
+                    .entry(svc.name.clone())
+                    .or_default()
+                    .insert(sp.port, eps.into());
             }
         }
         out
@@ -246,10 +251,6 @@ impl MeshState {
         self.services.len()
     }
 
-    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
-        self.namespaces.get(name)
-    }
-
     pub fn workload_by_ip(&self, ip: Ipv4Addr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip)
     }
@@ -262,16 +263,14 @@ impl MeshState {
         self.by_vip.get(&ip)
     }
 
-    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
-        self.services
-            .get(&(namespace.to_string(), name.to_string()))
-    }
-
-    pub fn endpoints(&self, svc: &Service, port: u16) -> Arc<[Endpoint]> {
+    /// Ready endpoints of `svc`'s `port`. Called per connection to a VIP: the lookup borrows,
+    /// and an empty answer is a slice, so nothing is allocated.
+    pub fn endpoints(&self, svc: &Service, port: u16) -> &[Endpoint] {
         self.endpoints
-            .get(&(svc.namespace.clone(), svc.name.clone(), port))
-            .cloned()
-            .unwrap_or_else(|| Arc::from(Vec::new()))
+            .get(&svc.namespace)
+            .and_then(|by_name| by_name.get(&svc.name))
+            .and_then(|by_port| by_port.get(&port))
+            .map_or(&[], |eps| eps)
     }
 
     /// Workloads scheduled on `node` (meshed or not).

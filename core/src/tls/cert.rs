@@ -44,7 +44,6 @@ pub struct WorkloadCert {
     /// Leaf first; intermediates follow; the root is not included.
     pub chain: Vec<CertificateDer<'static>>,
     pub roots: Arc<RootCertStore>,
-    pub root_ders: Vec<CertificateDer<'static>>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     key: PrivatePkcs8KeyDer<'static>,
@@ -106,7 +105,6 @@ impl WorkloadCert {
             identity,
             chain: presented,
             roots,
-            root_ders: trust_roots,
             not_before,
             not_after,
             key,
