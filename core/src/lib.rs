@@ -6,7 +6,8 @@
 //! - [`tls`]: certificates and the mTLS configurations HBONE uses;
 //! - [`ca`]: Istio's certificate service (protocol and client);
 //! - [`secrets`]: per-identity certificates on a node: fetched, cached, renewed;
-//! - [`hbone`]: HTTP/2 CONNECT tunnels, server and client.
+//! - [`hbone`]: HTTP/2 CONNECT tunnels, server and client;
+//! - [`traffic`]: VirtualService and DestinationRule, validated and matched.
 //!
 //! Nothing here knows about eBPF, network namespaces or Kubernetes API clients.
 
@@ -18,3 +19,4 @@ pub mod policy;
 pub mod secrets;
 pub mod state;
 pub mod tls;
+pub mod traffic;

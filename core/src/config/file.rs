@@ -60,8 +60,8 @@ impl FileSource {
     pub fn new(path: PathBuf, settings: Arc<Settings>) -> Self {
         Self {
             path,
+            store: Store::new(&settings.cluster_domain),
             settings,
-            store: Store::default(),
             last_text: None,
         }
     }

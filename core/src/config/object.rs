@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::policy::wire::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use crate::traffic::wire::{DestinationRuleSpec, VirtualServiceSpec};
 
 /// Names one object the way an operator would: `Pod default/todoui-1`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +55,8 @@ pub enum Object {
     Service(Box<Service>),
     AuthorizationPolicy(Box<IstioObject<AuthorizationPolicySpec>>),
     PeerAuthentication(Box<IstioObject<PeerAuthenticationSpec>>),
+    VirtualService(Box<IstioObject<VirtualServiceSpec>>),
+    DestinationRule(Box<IstioObject<DestinationRuleSpec>>),
 }
 
 /// An Istio custom resource: what we read of its metadata, and its spec.
@@ -112,11 +115,16 @@ pub fn parse(value: serde_json::Value) -> Parsed {
         api_version,
         "security.istio.io/v1" | "security.istio.io/v1beta1"
     );
+    let networking = matches!(
+        api_version,
+        "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3"
+    );
     let known = matches!(
         (api_version, kind.as_str()),
         ("v1", "Namespace" | "Pod" | "Service")
     ) || (security
-        && matches!(kind.as_str(), "AuthorizationPolicy" | "PeerAuthentication"));
+        && matches!(kind.as_str(), "AuthorizationPolicy" | "PeerAuthentication"))
+        || (networking && matches!(kind.as_str(), "VirtualService" | "DestinationRule"));
     if !known {
         return Parsed::Ignored;
     }
@@ -133,6 +141,8 @@ pub fn parse(value: serde_json::Value) -> Parsed {
         "PeerAuthentication" => {
             decode(&object, value).map(|o| Object::PeerAuthentication(Box::new(o)))
         }
+        "VirtualService" => decode(&object, value).map(|o| Object::VirtualService(Box::new(o))),
+        "DestinationRule" => decode(&object, value).map(|o| Object::DestinationRule(Box::new(o))),
         _ => unreachable!("checked by `known` above"),
     };
     match typed {

@@ -13,6 +13,7 @@ use crate::policy::authz::AuthorizationPolicy;
 use crate::policy::peer::PeerAuthentication;
 use crate::policy::wire;
 use crate::state::{Namespace, Service, Workload};
+use crate::traffic::{DestinationRule, VirtualService};
 
 /// A validated object in our internal form.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,6 +23,8 @@ pub enum Resource {
     Service(Service),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
+    VirtualService(Arc<VirtualService>),
+    DestinationRule(Arc<DestinationRule>),
 }
 
 /// What one update produced: every resource that serves, and every rejection.
@@ -31,21 +34,36 @@ pub struct Snapshot {
     pub rejections: Vec<Rejection>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
+    /// Resolves short host names in traffic objects.
+    cluster_domain: String,
     last_good: BTreeMap<ObjectRef, Resource>,
 }
 
 // === impl Store ===
 
+impl Default for Store {
+    fn default() -> Self {
+        Store::new("cluster.local")
+    }
+}
+
 impl Store {
+    pub fn new(cluster_domain: &str) -> Self {
+        Store {
+            cluster_domain: cluster_domain.to_string(),
+            last_good: BTreeMap::new(),
+        }
+    }
+
     /// Applies the complete current set of documents (objects absent from it are deleted).
     pub fn update(&mut self, docs: impl IntoIterator<Item = serde_json::Value>) -> Snapshot {
         let mut snapshot = Snapshot::default();
         for doc in docs {
             let rejection = match object::parse(doc) {
                 Parsed::Ignored => continue,
-                Parsed::Object(oref, obj) => match convert(&oref, &obj) {
+                Parsed::Object(oref, obj) => match convert(&oref, &obj, &self.cluster_domain) {
                     Ok(resource) => {
                         snapshot.resources.insert(oref, resource);
                         continue;
@@ -71,7 +89,7 @@ impl Store {
     }
 }
 
-fn convert(oref: &ObjectRef, obj: &Object) -> Result<Resource, Rejection> {
+fn convert(oref: &ObjectRef, obj: &Object, cluster_domain: &str) -> Result<Resource, Rejection> {
     match obj {
         Object::Namespace(ns) => Ok(Resource::Namespace(namespace(ns))),
         Object::Pod(pod) => Workload::try_from_pod(oref, pod).map(Resource::Workload),
@@ -86,6 +104,18 @@ fn convert(oref: &ObjectRef, obj: &Object) -> Result<Resource, Rejection> {
             let ns = oref.namespace.as_deref().unwrap_or_default();
             wire::peer_authentication(ns, &oref.name, &p.spec)
                 .map(|p| Resource::PeerAuthentication(Arc::new(p)))
+                .map_err(|(field, msg)| Rejection::new(oref, field, msg))
+        }
+        Object::VirtualService(v) => {
+            let ns = oref.namespace.as_deref().unwrap_or_default();
+            VirtualService::validate(ns, &oref.name, &v.spec, cluster_domain)
+                .map(|v| Resource::VirtualService(Arc::new(v)))
+                .map_err(|(field, msg)| Rejection::new(oref, field, msg))
+        }
+        Object::DestinationRule(d) => {
+            let ns = oref.namespace.as_deref().unwrap_or_default();
+            DestinationRule::validate(ns, &oref.name, &d.spec, cluster_domain)
+                .map(|d| Resource::DestinationRule(Arc::new(d)))
                 .map_err(|(field, msg)| Rejection::new(oref, field, msg))
         }
     }

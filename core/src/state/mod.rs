@@ -3,6 +3,7 @@
 //! publish it whole (`watch::Sender<Arc<MeshState>>`), so readers never wait on a writer.
 
 mod service;
+mod traffic;
 mod workload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,11 +13,13 @@ use std::sync::Arc;
 use serde_json::json;
 
 pub use service::{Service, ServicePort, TargetPort};
+pub use traffic::{Waypoint, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL};
 pub use workload::{Workload, DATAPLANE_MODE_LABEL};
 
 use crate::config::{Rejection, Resource, Snapshot};
 use crate::policy::authz::{applies_to, evaluate, Action, AuthorizationPolicy, Decision, Request};
 use crate::policy::peer::{self, MtlsMode, PeerAuthentication};
+use crate::traffic::{DestinationRule, VirtualService};
 
 /// Mesh-wide settings that shape how objects are read.
 #[derive(Clone, Debug)]
@@ -76,6 +79,10 @@ pub struct MeshState {
     peer_auth: Vec<PeerAuthentication>,
     /// Accepted objects that do not do all they say (reported, not rejected).
     warnings: Vec<String>,
+    /// Services by fully-qualified host name.
+    by_host: HashMap<String, Arc<Service>>,
+    virtual_services: Vec<Arc<VirtualService>>,
+    destination_rules: Vec<Arc<DestinationRule>>,
 }
 
 // === impl MeshState ===
@@ -136,8 +143,33 @@ impl MeshState {
                     state.warnings.extend(p.warning());
                     state.peer_auth.push((*p).clone());
                 }
+                Resource::VirtualService(v) => {
+                    let name = format!("VirtualService {}/{}", v.namespace, v.name);
+                    state
+                        .warnings
+                        .extend(v.warnings.iter().map(|w| format!("{name}: {w}")));
+                    if v.has_fault() {
+                        state.warnings.push(format!(
+                            "{name}: fault injection is active; remove it when the test is over"
+                        ));
+                    }
+                    state.virtual_services.push(v);
+                }
+                Resource::DestinationRule(d) => {
+                    let name = format!("DestinationRule {}/{}", d.namespace, d.name);
+                    state
+                        .warnings
+                        .extend(d.warnings.iter().map(|w| format!("{name}: {w}")));
+                    state.destination_rules.push(d);
+                }
             }
         }
+        state.by_host = state
+            .services
+            .values()
+            .map(|s| (s.hostname(&state.cluster_domain), s.clone()))
+            .collect();
+        state.warnings.extend(state.traffic_warnings());
         state.endpoints = state.compute_endpoints();
         state.applicable_l4 = state
             .workloads
@@ -261,6 +293,15 @@ impl MeshState {
 
     pub fn service_by_vip(&self, ip: Ipv4Addr) -> Option<&Arc<Service>> {
         self.by_vip.get(&ip)
+    }
+
+    /// A service by its fully-qualified name (`name.namespace.svc.<domain>`).
+    pub fn service_by_host(&self, host: &str) -> Option<&Arc<Service>> {
+        self.by_host.get(host)
+    }
+
+    pub fn namespace_labels(&self, ns: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(ns).map(|n| &n.labels)
     }
 
     /// Ready endpoints of `svc`'s `port`. Called per connection to a VIP: the lookup borrows,

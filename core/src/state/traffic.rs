@@ -1,0 +1,164 @@
+//! Traffic objects in the mesh state: which VirtualService and DestinationRule govern a host,
+//! which endpoints a subset selects, and which waypoint a service or workload uses.
+
+use std::sync::Arc;
+
+use super::{Endpoint, MeshState, Service, Workload};
+use crate::traffic::virtual_service::{Destination, RouteAction};
+use crate::traffic::{DestinationRule, VirtualService};
+
+/// `istio.io/use-waypoint` on a namespace, service or pod names the waypoint its traffic goes
+/// through; `none` opts a service or pod out of its namespace's waypoint.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// Names the namespace of that waypoint when it is not the object's own.
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+
+/// A waypoint, named the way the label names it: the Service `name` in `namespace`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waypoint {
+    pub namespace: String,
+    pub name: String,
+}
+
+// === impl MeshState (traffic) ===
+
+impl MeshState {
+    /// The VirtualService routing `host` (fully qualified). When several claim it, the most
+    /// specific host wins, then one in the service's own namespace, then the first by name;
+    /// the conflict is reported as a warning when the state is built.
+    pub fn virtual_service_for(&self, host: &str) -> Option<&Arc<VirtualService>> {
+        let svc_ns = self.by_host.get(host).map(|s| s.namespace.as_str());
+        self.virtual_services
+            .iter()
+            .filter_map(|v| {
+                let spec = v
+                    .hosts
+                    .iter()
+                    .filter(|h| h.matches(host))
+                    .map(|h| h.specificity())
+                    .max()?;
+                Some((spec, Some(v.namespace.as_str()) == svc_ns, v))
+            })
+            .max_by(|a, b| {
+                (a.0, a.1)
+                    .cmp(&(b.0, b.1))
+                    // Earlier name wins: reverse so that max picks it.
+                    .then_with(|| (&b.2.namespace, &b.2.name).cmp(&(&a.2.namespace, &a.2.name)))
+            })
+            .map(|(_, _, v)| v)
+    }
+
+    /// The DestinationRule for `host` as seen from a proxy in `proxy_ns`: Istio looks in the
+    /// proxy's namespace, then the service's, then the root namespace.
+    pub fn destination_rule_for(
+        &self,
+        host: &str,
+        proxy_ns: &str,
+    ) -> Option<&Arc<DestinationRule>> {
+        let svc_ns = self.by_host.get(host).map(|s| s.namespace.as_str());
+        let best_in = |ns: &str| {
+            self.destination_rules
+                .iter()
+                .filter(|d| d.namespace == ns && d.host.matches(host))
+                .max_by_key(|d| d.host.specificity())
+        };
+        best_in(proxy_ns)
+            .or_else(|| svc_ns.and_then(best_in))
+            .or_else(|| best_in(&self.root_namespace))
+    }
+
+    /// Ready endpoints of `svc`'s `port` whose workloads carry all of `labels`.
+    pub fn subset_endpoints<'a>(
+        &'a self,
+        svc: &Service,
+        port: u16,
+        labels: &'a std::collections::BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints(svc, port).iter().filter(move |e| {
+            labels
+                .iter()
+                .all(|(k, v)| e.workload.labels.get(k) == Some(v))
+        })
+    }
+
+    /// The waypoint that traffic addressed to `svc` goes through: the service's label, else
+    /// its namespace's.
+    pub fn waypoint_for_service(&self, svc: &Service) -> Option<Waypoint> {
+        self.waypoint_from_labels(&svc.labels, &svc.namespace)
+    }
+
+    /// The waypoint that traffic addressed to the workload itself goes through. Only the
+    /// pod's own label binds it: a namespace's waypoint serves service traffic, as Istio's
+    /// default waypoint traffic type does.
+    pub fn waypoint_for_workload(&self, w: &Workload) -> Option<Waypoint> {
+        w.labels.get(USE_WAYPOINT_LABEL)?;
+        self.waypoint_from_labels(&w.labels, &w.namespace)
+    }
+
+    fn waypoint_from_labels(
+        &self,
+        labels: &std::collections::BTreeMap<String, String>,
+        namespace: &str,
+    ) -> Option<Waypoint> {
+        let (name, ns_override) = match labels.get(USE_WAYPOINT_LABEL) {
+            Some(name) => (name, labels.get(USE_WAYPOINT_NAMESPACE_LABEL)),
+            None => {
+                let ns_labels = self.namespace_labels(namespace)?;
+                (
+                    ns_labels.get(USE_WAYPOINT_LABEL)?,
+                    ns_labels.get(USE_WAYPOINT_NAMESPACE_LABEL),
+                )
+            }
+        };
+        if name == "none" || name.is_empty() {
+            return None;
+        }
+        Some(Waypoint {
+            namespace: ns_override.map_or(namespace, |s| s.as_str()).to_string(),
+            name: name.clone(),
+        })
+    }
+
+    pub fn virtual_services(&self) -> &[Arc<VirtualService>] {
+        &self.virtual_services
+    }
+
+    pub fn destination_rules(&self) -> &[Arc<DestinationRule>] {
+        &self.destination_rules
+    }
+
+    /// Findings about traffic objects that are valid alone but wrong together, in the words
+    /// of Istio's analyzers.
+    pub(super) fn traffic_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in &self.virtual_services {
+            let name = format!("VirtualService {}/{}", v.namespace, v.name);
+            let mut dests: Vec<(String, &Destination)> = Vec::new();
+            for (i, r) in v.http.iter().enumerate() {
+                if let RouteAction::Forward(ds) = &r.action {
+                    for (j, d) in ds.iter().enumerate() {
+                        dests.push((format!("spec.http[{i}].route[{j}]"), &d.destination));
+                    }
+                }
+            }
+            for (i, r) in v.tcp.iter().enumerate() {
+                for (j, d) in r.route.iter().enumerate() {
+                    dests.push((format!("spec.tcp[{i}].route[{j}]"), &d.destination));
+                }
+            }
+            for (field, d) in dests {
+                let Some(subset) = &d.subset else { continue };
+                let defined = self
+                    .destination_rule_for(&d.host, &v.namespace)
+                    .is_some_and(|dr| dr.subset(subset).is_some());
+                if !defined {
+                    out.push(format!(
+                        "{name}: {field}.destination: subset {subset:?} of host {} is not defined by any DestinationRule (IST0101); requests routed to it get 503 NR",
+                        d.host
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
