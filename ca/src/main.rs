@@ -1,5 +1,6 @@
 //! `lanyard-ca`: serve certificates, or write a node agent's bootstrap credentials.
 
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,14 +39,22 @@ enum Command {
         #[arg(long, default_value_t = 24 * 3600)]
         max_ttl: u64,
     },
-    /// Write a node agent's bootstrap certificate, key and the mesh root into a directory.
+    /// Write bootstrap credentials (certificate, key, mesh root) into a directory: a node
+    /// agent's (`--node`), or a workload's that renews its own identity, such as a waypoint
+    /// (`--workload <namespace>/<service account>`).
     Bootstrap {
         #[arg(long)]
         root_dir: PathBuf,
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+        #[arg(
+            long,
+            required_unless_present = "workload",
+            conflicts_with = "workload"
+        )]
+        node: Option<String>,
         #[arg(long)]
-        node: String,
+        workload: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -92,10 +101,21 @@ async fn main() -> anyhow::Result<()> {
             root_dir,
             trust_domain,
             node,
+            workload,
             out,
         } => {
             let authority = root::load_or_generate(&root_dir, &trust_domain)?;
-            let uri = entitlement::node_uri(&trust_domain, &node);
+            let uri = match (node, workload) {
+                (Some(node), _) => entitlement::node_uri(&trust_domain, &node),
+                (None, Some(w)) => {
+                    let (ns, sa) = w
+                        .split_once('/')
+                        .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty())
+                        .context("--workload must be <namespace>/<service account>")?;
+                    lanyard_core::identity::Identity::new(&trust_domain, ns, sa).to_string()
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
             let (cert, key) = authority.issue(&[uri], &[], Duration::from_secs(365 * 24 * 3600))?;
             std::fs::create_dir_all(&out)?;
             std::fs::write(out.join("cert.pem"), cert)?;

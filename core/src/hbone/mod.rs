@@ -4,12 +4,14 @@
 
 mod client;
 mod copy;
+mod io;
 mod server;
 
 use std::time::Duration;
 
 pub use client::{handshake, ConnectRequest, Connection, StreamGuard};
 pub use copy::{copy_bidirectional, Copied, H2Stream};
+pub use io::H2Io;
 pub use server::{serve, InboundRequest};
 
 pub const HBONE_DEFAULT_PORT: u16 = 15008;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-pub use service::{Service, ServicePort, TargetPort};
+pub use service::{Protocol, Service, ServicePort, TargetPort};
 pub use traffic::{Waypoint, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL};
 pub use workload::{Workload, DATAPLANE_MODE_LABEL};
 

@@ -21,6 +21,33 @@ pub struct ServicePort {
     pub app_protocol: Option<String>,
 }
 
+/// What a port speaks, from Istio's rules: `appProtocol`, else the port name's prefix
+/// (`http-web`, `grpc`, …). Anything else is opaque TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Http1,
+    /// HTTP/2 with prior knowledge (also gRPC).
+    Http2,
+}
+
+impl ServicePort {
+    pub fn protocol(&self) -> Protocol {
+        let from = |p: &str| match p.to_ascii_lowercase().as_str() {
+            "http" => Some(Protocol::Http1),
+            "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(Protocol::Tcp),
+            _ => None,
+        };
+        if let Some(p) = self.app_protocol.as_deref().and_then(from) {
+            return p;
+        }
+        let name = self.name.as_deref().unwrap_or_default();
+        let prefix = name.split('-').next().unwrap_or_default();
+        from(prefix).unwrap_or(Protocol::Tcp)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,

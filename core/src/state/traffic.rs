@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::{Endpoint, MeshState, Service, Workload};
+use crate::policy::authz::{AuthorizationPolicy, Scope};
 use crate::traffic::virtual_service::{Destination, RouteAction};
 use crate::traffic::{DestinationRule, VirtualService};
 
@@ -117,6 +118,38 @@ impl MeshState {
             namespace: ns_override.map_or(namespace, |s| s.as_str()).to_string(),
             name: name.clone(),
         })
+    }
+
+    /// The AuthorizationPolicies a waypoint enforces for traffic to `svc` (or to a workload,
+    /// when `svc` is None): those whose targetRefs name the Service, the waypoint's Gateway,
+    /// or (in the root namespace) the `istio-waypoint` GatewayClass, as in Istio ambient.
+    pub fn waypoint_policies(
+        &self,
+        waypoint: &Waypoint,
+        svc: Option<&Service>,
+    ) -> Vec<Arc<AuthorizationPolicy>> {
+        let targets = |ns: &str| self.authz.get(ns).into_iter().flatten();
+        let names = |p: &AuthorizationPolicy, kind: &str, name: &str| match &p.scope {
+            Scope::TargetRefs(refs) => refs.iter().any(|r| r.kind == kind && r.name == name),
+            _ => false,
+        };
+        let mut out: Vec<Arc<AuthorizationPolicy>> = targets(&self.root_namespace)
+            .filter(|p| names(p, "GatewayClass", "istio-waypoint"))
+            .cloned()
+            .collect();
+        out.extend(
+            targets(&waypoint.namespace)
+                .filter(|p| names(p, "Gateway", &waypoint.name))
+                .cloned(),
+        );
+        if let Some(svc) = svc {
+            out.extend(
+                targets(&svc.namespace)
+                    .filter(|p| names(p, "Service", &svc.name))
+                    .cloned(),
+            );
+        }
+        out
     }
 
     pub fn virtual_services(&self) -> &[Arc<VirtualService>] {

@@ -1,0 +1,100 @@
+//! The waypoint's immutable configuration: flags and environment, read once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use lanyard_core::hbone;
+use lanyard_core::identity::Identity;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "lanyard-waypoint", about = "Lanyard's per-namespace L7 proxy")]
+pub struct Args {
+    /// This waypoint's name: the value of `istio.io/use-waypoint` that selects it, and the
+    /// name of its Service.
+    #[arg(long, env = "WAYPOINT_NAME", default_value = "waypoint")]
+    pub name: String,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// The service account the waypoint runs as; its SPIFFE identity is what destinations see.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "waypoint")]
+    pub service_account: String,
+    /// YAML file of mesh objects (standalone mode).
+    #[arg(long, env = "LANYARD_CONFIG")]
+    pub config: PathBuf,
+    #[arg(long, default_value = "cluster.local", env = "LANYARD_TRUST_DOMAIN")]
+    pub trust_domain: String,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    #[arg(long, default_value = "istio-system", env = "LANYARD_ROOT_NAMESPACE")]
+    pub root_namespace: String,
+    #[arg(long, env = "LANYARD_CA_ADDRESS")]
+    pub ca_address: String,
+    /// Holds cert.pem and key.pem (a credential for this waypoint's identity) and root.pem.
+    #[arg(long, env = "LANYARD_CA_BOOTSTRAP")]
+    pub ca_bootstrap: PathBuf,
+    #[arg(long, default_value = "lanyard-ca")]
+    pub ca_server_name: String,
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub hbone_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, default_value_t = 2)]
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub namespace: String,
+    pub identity: Identity,
+    pub config_file: PathBuf,
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    pub root_namespace: String,
+    pub ca_address: String,
+    pub ca_bootstrap: PathBuf,
+    pub ca_server_name: String,
+    pub hbone_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub worker_threads: usize,
+    pub hbone: hbone::Settings,
+    /// Upstream TCP connect timeout when no DestinationRule sets one (Envoy's default).
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub config_poll_interval: Duration,
+    /// Largest request body kept for retries and mirrors; larger bodies stream once.
+    pub max_buffered_body: usize,
+}
+
+impl From<Args> for Config {
+    fn from(a: Args) -> Self {
+        Config {
+            identity: Identity::new(&a.trust_domain, &a.namespace, &a.service_account),
+            name: a.name,
+            namespace: a.namespace,
+            config_file: a.config,
+            trust_domain: a.trust_domain,
+            cluster_domain: a.cluster_domain,
+            root_namespace: a.root_namespace,
+            ca_address: a.ca_address,
+            ca_bootstrap: a.ca_bootstrap,
+            ca_server_name: a.ca_server_name,
+            hbone_addr: a.hbone_addr,
+            admin_addr: a.admin_addr,
+            metrics_addr: a.metrics_addr,
+            worker_threads: a.worker_threads.max(1),
+            hbone: hbone::Settings::default(),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(30),
+            config_poll_interval: Duration::from_millis(250),
+            max_buffered_body: 64 * 1024,
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! Sending a routed request to an endpoint: pool admission, endpoint choice, retries with
+//! per-try and overall timeouts, mirroring, and the metrics record written when the response
+//! body ends.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use lanyard_core::state::{MeshState, Protocol, Service, Workload};
+use lanyard_core::traffic::destination_rule::{HashOn, OutlierDetection, TrafficPolicy};
+use lanyard_core::traffic::virtual_service::{
+    Destination, HttpRoute, Mirror, RetryPolicy, WeightedDestination,
+};
+use lanyard_core::traffic::LoadBalancer;
+use rand::Rng;
+
+use crate::lb::{Cluster, ClusterKey, Outcome};
+use crate::local::{self, Local};
+use crate::metrics::{Metrics, RequestRecord};
+use crate::route::Inputs;
+use crate::upstream::{Body, BoxError};
+
+/// Where and how one request is sent, decided before the first attempt.
+pub struct Plan {
+    pub key: ClusterKey,
+    pub cluster: Arc<Cluster>,
+    pub endpoints: Vec<(SocketAddr, Arc<Workload>)>,
+    pub lb: LoadBalancer,
+    pub outlier: Option<OutlierDetection>,
+    pub h2: bool,
+    pub retries: RetryPolicy,
+    pub timeout: Option<Duration>,
+    /// `maxRequestsPerConnection: 1`: no keep-alive upstream.
+    pub close_after: bool,
+    pub mirrors: Vec<Mirror>,
+}
+
+// === impl Plan ===
+
+impl Plan {
+    /// Plans a request to a route destination: the service's endpoints on the port, narrowed
+    /// to the subset's labels, with the DestinationRule's traffic policy.
+    pub fn to_service(
+        inputs: &Inputs,
+        state: &MeshState,
+        wd: &WeightedDestination,
+        route: Option<&HttpRoute>,
+        dialed_port: u16,
+    ) -> Result<Plan, Local> {
+        let d = &wd.destination;
+        let svc = state.service_by_host(&d.host).ok_or_else(|| {
+            Local::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NC",
+                format!("no service for host {}", d.host),
+            )
+        })?;
+        let port = resolve_port(svc, d, dialed_port)?;
+        let dr = state.destination_rule_for(&d.host, &inputs.config.namespace);
+        let empty = Default::default();
+        let (labels, policy) = match &d.subset {
+            Some(name) => {
+                let subset = dr.and_then(|dr| dr.subset(name)).ok_or_else(|| {
+                    Local::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "NC",
+                        format!(
+                            "no DestinationRule defines subset {name:?} of host {}",
+                            d.host
+                        ),
+                    )
+                })?;
+                (&subset.labels, subset.policy.clone())
+            }
+            None => (&empty, dr.map(|dr| dr.policy.clone()).unwrap_or_default()),
+        };
+        let endpoints = state
+            .subset_endpoints(svc, port, labels)
+            .filter_map(|e| {
+                Some((
+                    SocketAddr::new(e.workload.ip?.into(), e.port),
+                    e.workload.clone(),
+                ))
+            })
+            .collect();
+        let h2 = svc.port(port).map(|p| p.protocol()) == Some(Protocol::Http2);
+        Ok(Self::build(
+            inputs,
+            d.host.clone(),
+            d.subset.clone(),
+            port,
+            endpoints,
+            policy,
+            h2,
+            route,
+        ))
+    }
+
+    /// Plans a request addressed to one workload (no service routing applies).
+    pub fn to_workload(
+        inputs: &Inputs,
+        _state: &MeshState,
+        w: &Arc<Workload>,
+        port: u16,
+        route: Option<&HttpRoute>,
+    ) -> Result<Plan, Local> {
+        let ip = w.ip.ok_or_else(|| {
+            Local::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UH",
+                "workload has no address",
+            )
+        })?;
+        let endpoints = vec![(SocketAddr::new(ip.into(), port), w.clone())];
+        Ok(Self::build(
+            inputs,
+            w.name.clone(),
+            None,
+            port,
+            endpoints,
+            TrafficPolicy::default(),
+            false,
+            route,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        inputs: &Inputs,
+        host: String,
+        subset: Option<String>,
+        port: u16,
+        endpoints: Vec<(SocketAddr, Arc<Workload>)>,
+        policy: TrafficPolicy,
+        h2: bool,
+        route: Option<&HttpRoute>,
+    ) -> Plan {
+        let key = ClusterKey { host, subset, port };
+        let cluster = inputs.balancer.cluster(&key, &policy.pool);
+        let mut retries = route.map(|r| r.retries.clone()).unwrap_or_default();
+        if let Some(max) = policy.pool.max_retries {
+            retries.attempts = retries.attempts.min(max);
+        }
+        Plan {
+            key,
+            cluster,
+            endpoints,
+            lb: policy.load_balancer.clone().unwrap_or_default(),
+            outlier: policy.outlier.clone(),
+            h2,
+            retries,
+            timeout: route.and_then(|r| r.timeout),
+            close_after: policy.pool.max_requests_per_connection == Some(1),
+            mirrors: route.map(|r| r.mirrors.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// The destination's port: as written, else the dialed one if the service has it, else the
+/// service's only port.
+fn resolve_port(svc: &Service, d: &Destination, dialed: u16) -> Result<u16, Local> {
+    if let Some(p) = d.port {
+        return Ok(p);
+    }
+    if svc.port(dialed).is_some() {
+        return Ok(dialed);
+    }
+    match svc.ports.as_slice() {
+        [only] => Ok(only.port),
+        _ => Err(Local::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NC",
+            format!(
+                "destination {} has several ports; the route must name one",
+                d.host
+            ),
+        )),
+    }
+}
+
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
+    let listed: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for name in listed {
+        h.remove(name.as_str());
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("trailers"));
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+    if keep_te_trailers && te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a response asks for another attempt under `policy`.
+fn retriable(policy: &RetryPolicy, status: StatusCode, headers: &HeaderMap) -> bool {
+    let on = &policy.retry_on;
+    let s = status.as_u16();
+    if on.status_codes.contains(&s)
+        || (on.any_5xx && s >= 500)
+        || (on.gateway_error && matches!(s, 502..=504))
+        || (on.retriable_4xx && s == 409)
+    {
+        return true;
+    }
+    let grpc = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    grpc.is_some_and(|g| on.grpc.contains(&g))
+}
+
+fn hash_key(lb: &LoadBalancer, headers: &HeaderMap, path: &str, src: &str) -> Option<String> {
+    let LoadBalancer::ConsistentHash(on) = lb else {
+        return None;
+    };
+    match on {
+        HashOn::Header(h) => headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        HashOn::SourceIp => Some(src.to_string()),
+        HashOn::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string()),
+        HashOn::QueryParam(q) => path
+            .split_once('?')
+            .map(|(_, qs)| qs)
+            .into_iter()
+            .flat_map(|qs| qs.split('&'))
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k == q)
+            .map(|(_, v)| v.to_string()),
+    }
+}
+
+/// Sends the request per `plan`. Bodies up to `max_buffered_body` are kept, so that retries
+/// and mirrors can resend them; larger or unsized bodies stream once, without retries.
+pub async fn forward(
+    inputs: &Inputs,
+    state: &MeshState,
+    plan: Plan,
+    req: Request<Incoming>,
+    rec: &mut RequestRecord,
+) -> Result<Response<Body>, Local> {
+    if plan.endpoints.is_empty() {
+        return Err(Local::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UH",
+            "no healthy upstream",
+        ));
+    }
+    rec.cluster = format!(
+        "outbound|{}|{}|{}",
+        plan.key.port,
+        plan.key.subset.as_deref().unwrap_or_default(),
+        plan.key.host
+    );
+    let _admission = plan.cluster.admit().await.map_err(|_| {
+        Local::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UO",
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        )
+    })?;
+    let (mut parts, body) = req.into_parts();
+    let max = inputs.config.max_buffered_body as u64;
+    let want_copy = plan.retries.attempts > 0 || !plan.mirrors.is_empty();
+    let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= max);
+    let mut streaming = None;
+    let buffered = if want_copy && small {
+        let bytes = http_body_util::Limited::new(body, max as usize)
+            .collect()
+            .await
+            .map_err(|e| {
+                Local::new(
+                    StatusCode::BAD_REQUEST,
+                    "DPE",
+                    format!("reading request body: {e}"),
+                )
+            })?
+            .to_bytes();
+        Some(bytes)
+    } else {
+        streaming = Some(body);
+        None
+    };
+    rec.request_bytes = buffered.as_ref().map_or_else(
+        || {
+            parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0)
+        },
+        |b| b.len() as u64,
+    );
+    strip_hop_by_hop(&mut parts.headers, plan.h2);
+    if !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&rec.authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    if plan.close_after && !plan.h2 {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Some(body) = &buffered {
+        for m in &plan.mirrors {
+            if m.fraction > 0.0 && (m.fraction >= 1.0 || rand::rng().random::<f64>() < m.fraction) {
+                mirror(inputs, state, m, &parts, &path, body.clone(), rec);
+            }
+        }
+    }
+    let src = rec.src_principal.clone();
+    let key = hash_key(&plan.lb, &parts.headers, &path, &src);
+    let addrs: Vec<SocketAddr> = plan.endpoints.iter().map(|(a, _)| *a).collect();
+    let allowed = if buffered.is_some() {
+        1 + plan.retries.attempts
+    } else {
+        1
+    };
+    let deadline = plan.timeout.map(|t| Instant::now() + t);
+    let client = if plan.h2 {
+        &inputs.upstream.http2
+    } else {
+        &inputs.upstream.http1
+    };
+    let mut last = None;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        rec.attempts = attempt;
+        let more = attempt < allowed;
+        let addr = plan
+            .cluster
+            .pick(&addrs, &plan.lb, key.as_deref(), last)
+            .ok_or_else(|| {
+                Local::new(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream")
+            })?;
+        last = Some(addr);
+        let body: Body = match (&buffered, streaming.take()) {
+            (Some(b), _) => local::full(b.clone()),
+            (None, Some(s)) => s.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+            (None, None) => local::empty(),
+        };
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = format!("http://{addr}{path}")
+            .parse()
+            .map_err(|_| Local::new(StatusCode::BAD_REQUEST, "DPE", "bad request path"))?;
+        *out.headers_mut() = parts.headers.clone();
+        *out.version_mut() = if plan.h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let per_try = match (plan.retries.per_try_timeout, deadline) {
+            (p, Some(d)) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Local::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "UT",
+                        "upstream request timeout",
+                    ));
+                }
+                Some(p.map_or(left, |p| p.min(left)))
+            }
+            (p, None) => p,
+        };
+        let in_flight = plan.cluster.start(addr);
+        let sent = client.request(out);
+        let result = match per_try {
+            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+            None => Ok(sent.await),
+        };
+        drop(in_flight);
+        let on = &plan.retries.retry_on;
+        match result {
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                report(inputs, &plan, addr, Outcome::Status(status.as_u16()), rec);
+                if more && retriable(&plan.retries, status, resp.headers()) {
+                    backoff(attempt).await;
+                    continue;
+                }
+                fill_destination(rec, &plan, addr, state);
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers, false);
+                return Ok(Response::from_parts(
+                    rparts,
+                    rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+                ));
+            }
+            Ok(Err(e)) => {
+                report(inputs, &plan, addr, Outcome::ConnectFailure, rec);
+                let connect = e.is_connect();
+                if more
+                    && ((connect && on.connect_failure)
+                        || on.reset
+                        || (on.refused_stream && !connect))
+                {
+                    backoff(attempt).await;
+                    continue;
+                }
+                fill_destination(rec, &plan, addr, state);
+                let flags = if attempt > 1 {
+                    "URX"
+                } else if connect {
+                    "UF"
+                } else {
+                    "UC"
+                };
+                return Err(Local::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    flags,
+                    format!("upstream connect error or disconnect/reset before headers: {e}"),
+                ));
+            }
+            Err(()) => {
+                report(inputs, &plan, addr, Outcome::ConnectFailure, rec);
+                let overall = deadline.is_some_and(|d| Instant::now() >= d);
+                if more && !overall && (on.any_5xx || on.gateway_error || on.reset) {
+                    backoff(attempt).await;
+                    continue;
+                }
+                fill_destination(rec, &plan, addr, state);
+                return Err(Local::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UT",
+                    "upstream request timeout",
+                ));
+            }
+        }
+    }
+}
+
+fn report(inputs: &Inputs, plan: &Plan, addr: SocketAddr, outcome: Outcome, rec: &RequestRecord) {
+    if plan
+        .cluster
+        .report(addr, outcome, plan.outlier.as_ref(), plan.endpoints.len())
+    {
+        inputs
+            .metrics
+            .ejections
+            .with_label_values(&[&rec.dst_service, &addr.to_string()])
+            .inc();
+    }
+}
+
+/// Envoy's retry back-off: 25 ms base, doubling, fully jittered, capped at 250 ms.
+async fn backoff(attempt: u32) {
+    let cap = (25u64 << attempt.min(4)).min(250);
+    let ms = rand::rng().random_range(0..=cap);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+fn fill_destination(rec: &mut RequestRecord, plan: &Plan, addr: SocketAddr, state: &MeshState) {
+    rec.upstream = addr.to_string();
+    if let Some((_, w)) = plan.endpoints.iter().find(|(a, _)| *a == addr) {
+        rec.dst_workload = w.canonical_name().to_string();
+        rec.dst_namespace = w.namespace.clone();
+        rec.dst_principal = w.identity(state.trust_domain()).to_string();
+        rec.dst_version = w.labels.get("version").cloned().unwrap_or_default();
+    }
+}
+
+/// Sends a copy to a mirror destination and forgets it: its response is never awaited by
+/// the client. The authority gets Envoy's `-shadow` suffix.
+fn mirror(
+    inputs: &Inputs,
+    state: &MeshState,
+    m: &Mirror,
+    parts: &http::request::Parts,
+    path: &str,
+    body: Bytes,
+    rec: &RequestRecord,
+) {
+    let wd = WeightedDestination {
+        destination: m.destination.clone(),
+        weight: 1,
+        headers: Default::default(),
+    };
+    let dialed = rec
+        .authority
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(80);
+    let Ok(plan) = Plan::to_service(inputs, state, &wd, None, dialed) else {
+        return;
+    };
+    let addrs: Vec<SocketAddr> = plan.endpoints.iter().map(|(a, _)| *a).collect();
+    let Some(addr) = plan.cluster.pick(&addrs, &plan.lb, None, None) else {
+        return;
+    };
+    let mut out = Request::new(local::full(body));
+    *out.method_mut() = parts.method.clone();
+    let Ok(uri) = format!("http://{addr}{path}").parse() else {
+        return;
+    };
+    *out.uri_mut() = uri;
+    *out.headers_mut() = parts.headers.clone();
+    let host = rec.authority.split(':').next().unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow")) {
+        out.headers_mut().insert(header::HOST, v);
+    }
+    *out.version_mut() = if plan.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let client = if plan.h2 {
+        inputs.upstream.http2.clone()
+    } else {
+        inputs.upstream.http1.clone()
+    };
+    tokio::spawn(async move {
+        if let Ok(Ok(resp)) =
+            tokio::time::timeout(Duration::from_secs(30), client.request(out)).await
+        {
+            let _ = resp.into_body().collect().await;
+        }
+    });
+}
+
+/// Wraps a response body so that the request is counted and logged when the body ends (or
+/// the client goes away), with the bytes actually sent.
+pub fn record_on_finish(
+    resp: Response<Body>,
+    metrics: Arc<Metrics>,
+    rec: RequestRecord,
+    start: Instant,
+) -> Response<Body> {
+    resp.map(|inner| {
+        Recorded {
+            inner,
+            bytes: 0,
+            done: Some((metrics, rec, start)),
+        }
+        .boxed()
+    })
+}
+
+struct Recorded {
+    inner: Body,
+    bytes: u64,
+    done: Option<(Arc<Metrics>, RequestRecord, Instant)>,
+}
+
+impl hyper::body::Body for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(d) = f.data_ref() {
+                self.bytes += d.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        if let Some((metrics, mut rec, start)) = self.done.take() {
+            rec.response_bytes = self.bytes;
+            rec.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            metrics.record(&rec);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Endpoint choice per cluster (a host, subset and port): load balancing as DestinationRules
+//! ask, outlier detection that ejects failing endpoints, and connection-pool limits that
+//! turn overload into an immediate 503 rather than a queue.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use lanyard_core::traffic::destination_rule::{ConnectionPool, OutlierDetection};
+use lanyard_core::traffic::LoadBalancer;
+use rand::Rng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClusterKey {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: u16,
+}
+
+#[derive(Default)]
+struct Health {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+}
+
+pub struct Cluster {
+    rr: AtomicUsize,
+    limits: ConnectionPool,
+    /// Requests allowed to run at once (None: unlimited).
+    active: Option<Arc<Semaphore>>,
+    /// Requests waiting for `active`, bounded by http1MaxPendingRequests.
+    pending: AtomicUsize,
+    health: Mutex<HashMap<SocketAddr, Health>>,
+    in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+}
+
+/// The pool limit was reached: Envoy's `UO` (upstream overflow).
+#[derive(Debug)]
+pub struct Overflow;
+
+/// Holds a request's place in its cluster until dropped.
+pub struct Admission {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Counts a request as in flight to one endpoint (least-request balancing) until dropped.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an attempt at an endpoint came to, for outlier detection.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    Status(u16),
+    /// Could not connect, or the connection failed before a response: a gateway error.
+    ConnectFailure,
+}
+
+#[derive(Default)]
+pub struct Balancer {
+    clusters: Mutex<HashMap<ClusterKey, Arc<Cluster>>>,
+}
+
+// === impl Balancer ===
+
+impl Balancer {
+    /// The cluster's shared state, rebuilt when its pool limits change.
+    pub fn cluster(&self, key: &ClusterKey, limits: &ConnectionPool) -> Arc<Cluster> {
+        let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clusters.get(key).filter(|c| &c.limits == limits) {
+            return c.clone();
+        }
+        let c = Arc::new(Cluster::new(limits.clone()));
+        clusters.insert(key.clone(), c.clone());
+        c
+    }
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    fn new(limits: ConnectionPool) -> Self {
+        // HTTP/2 caps requests; HTTP/1 caps connections, each carrying one request at a time.
+        let cap = limits.http2_max_requests.or(limits.max_connections);
+        Cluster {
+            rr: AtomicUsize::new(0),
+            active: cap.map(|n| Arc::new(Semaphore::new(n as usize))),
+            pending: AtomicUsize::new(0),
+            limits,
+            health: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Admits a request within the pool limits: past the running cap it may wait, as one of
+    /// at most `http1MaxPendingRequests`; past that it overflows.
+    pub async fn admit(&self) -> Result<Admission, Overflow> {
+        let Some(sem) = &self.active else {
+            return Ok(Admission { _permit: None });
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Admission { _permit: Some(p) });
+        }
+        let max_pending = self.limits.http1_max_pending.unwrap_or(u32::MAX) as usize;
+        // HTTP/2 limits are on requests: nothing queues.
+        if self.limits.http2_max_requests.is_some() && self.limits.max_connections.is_none() {
+            return Err(Overflow);
+        }
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(Overflow);
+        }
+        let permit = sem.clone().acquire_owned().await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        permit
+            .map(|p| Admission { _permit: Some(p) })
+            .map_err(|_| Overflow)
+    }
+
+    /// Picks an endpoint among `candidates`, skipping ejected ones (unless all are: then all
+    /// serve, as Envoy's panic threshold does) and `avoid` (a retry's previous choice) when
+    /// there is another.
+    pub fn pick(
+        &self,
+        candidates: &[SocketAddr],
+        lb: &LoadBalancer,
+        hash_key: Option<&str>,
+        avoid: Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let healthy: Vec<SocketAddr> = {
+            let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            candidates
+                .iter()
+                .copied()
+                .filter(|a| {
+                    health
+                        .get(a)
+                        .and_then(|h| h.ejected_until)
+                        .is_none_or(|t| t <= now)
+                })
+                .collect()
+        };
+        let mut pool = if healthy.is_empty() {
+            candidates.to_vec()
+        } else {
+            healthy
+        };
+        if pool.len() > 1 {
+            if let Some(a) = avoid {
+                pool.retain(|c| *c != a);
+            }
+        }
+        if pool.is_empty() {
+            return None;
+        }
+        let i = match lb {
+            LoadBalancer::RoundRobin => self.rr.fetch_add(1, Ordering::Relaxed) % pool.len(),
+            LoadBalancer::Random => rand::rng().random_range(0..pool.len()),
+            LoadBalancer::LeastRequest => {
+                // Power of two choices, as Envoy's LEAST_REQUEST does.
+                let mut rng = rand::rng();
+                let (a, b) = (
+                    rng.random_range(0..pool.len()),
+                    rng.random_range(0..pool.len()),
+                );
+                if self.load(pool[b]) < self.load(pool[a]) {
+                    b
+                } else {
+                    a
+                }
+            }
+            LoadBalancer::ConsistentHash(_) => match hash_key {
+                // Rendezvous hashing: stable for a key while the endpoint set allows.
+                Some(key) => (0..pool.len())
+                    .max_by_key(|&i| {
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        (key, pool[i]).hash(&mut h);
+                        h.finish()
+                    })
+                    .unwrap_or(0),
+                None => rand::rng().random_range(0..pool.len()),
+            },
+        };
+        Some(pool[i])
+    }
+
+    fn load(&self, a: SocketAddr) -> usize {
+        let m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&a).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn start(&self, a: SocketAddr) -> InFlight {
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let c = m.entry(a).or_default().clone();
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+
+    /// Records an attempt's outcome; returns true when it ejected the endpoint.
+    pub fn report(
+        &self,
+        a: SocketAddr,
+        outcome: Outcome,
+        od: Option<&OutlierDetection>,
+        cluster_size: usize,
+    ) -> bool {
+        let Some(od) = od else { return false };
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let ejected_now = health
+            .values()
+            .filter(|h| h.ejected_until.is_some_and(|t| t > now))
+            .count();
+        let h = health.entry(a).or_default();
+        let (is_5xx, is_gateway) = match outcome {
+            Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
+            Outcome::ConnectFailure => (true, true),
+        };
+        if !is_5xx {
+            h.consecutive_5xx = 0;
+            h.consecutive_gateway = 0;
+            return false;
+        }
+        h.consecutive_5xx += 1;
+        if is_gateway {
+            h.consecutive_gateway += 1;
+        }
+        let tripped = od.consecutive_5xx.is_some_and(|n| h.consecutive_5xx >= n)
+            || od
+                .consecutive_gateway
+                .is_some_and(|n| h.consecutive_gateway >= n);
+        let already = h.ejected_until.is_some_and(|t| t > now);
+        // maxEjectionPercent bounds how much of the cluster may be out at once; as in Envoy,
+        // one endpoint may always be ejected whatever the percentage.
+        let room = ejected_now == 0
+            || (ejected_now + 1) * 100 <= cluster_size * od.max_ejection_percent as usize;
+        if tripped && !already && room {
+            h.ejections += 1;
+            h.ejected_until = Some(now + od.base_ejection * h.ejections);
+            h.consecutive_5xx = 0;
+            h.consecutive_gateway = 0;
+            return true;
+        }
+        false
+    }
+}

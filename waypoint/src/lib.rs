@@ -1,0 +1,19 @@
+//! `lanyard-waypoint`: an optional L7 proxy for one namespace. Agents send it the traffic of
+//! services (or workloads) bound to it with `istio.io/use-waypoint`, over HBONE; it routes by
+//! VirtualService, applies DestinationRule policy and L7 AuthorizationPolicy, and forwards
+//! over its own HBONE connections to the chosen endpoints.
+//!
+//! The waypoint knows nothing of eBPF, network namespaces or Kubernetes API clients.
+
+pub mod admin;
+pub mod config;
+pub mod forward;
+pub mod inbound;
+pub mod lb;
+pub mod local;
+pub mod metrics;
+pub mod route;
+pub mod tcp;
+pub mod upstream;
+
+pub type Secrets = lanyard_core::secrets::SecretManager<lanyard_core::ca::CaClient>;

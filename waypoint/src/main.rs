@@ -1,0 +1,158 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use lanyard_core::ca::{CaClient, ClientTls};
+use lanyard_core::config::FileSource;
+use lanyard_core::secrets::{SecretConfig, SecretManager};
+use lanyard_core::state::{MeshState, Settings};
+use lanyard_waypoint::admin::{self, AdminState};
+use lanyard_waypoint::config::{Args, Config};
+use lanyard_waypoint::lb::Balancer;
+use lanyard_waypoint::metrics::Metrics;
+use lanyard_waypoint::route::Inputs;
+use lanyard_waypoint::upstream::Upstream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+fn main() -> anyhow::Result<()> {
+    let config = Arc::new(Config::from(Args::parse()));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()?
+        .block_on(run(config))
+}
+
+async fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    let hbone_listener = TcpListener::bind(config.hbone_addr)
+        .await
+        .context("binding HBONE port")?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .context("binding admin port")?;
+    let metrics_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .context("binding metrics port")?;
+
+    let settings = Arc::new(Settings {
+        trust_domain: config.trust_domain.clone(),
+        cluster_domain: config.cluster_domain.clone(),
+        root_namespace: config.root_namespace.clone(),
+    });
+    let mut source = FileSource::new(config.config_file.clone(), settings);
+    let initial = source
+        .load()
+        .context("loading the initial config")?
+        .unwrap_or_default();
+    let (state_tx, state_rx) = watch::channel(Arc::new(initial));
+
+    let read = |name: &str| {
+        let path = config.ca_bootstrap.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let root_pem = read("root.pem")?;
+    let roots = CertificateDer::pem_slice_iter(root_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing root.pem")?;
+    let tls = ClientTls {
+        root_pem,
+        cert_pem: read("cert.pem")?,
+        key_pem: read("key.pem")?,
+        server_name: config.ca_server_name.clone(),
+    };
+    let secrets = SecretManager::new(
+        CaClient::new(&config.ca_address, Some(tls))?,
+        roots,
+        SecretConfig::default(),
+    );
+    secrets.prefetch(&config.identity);
+
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(Metrics::new(&registry)?);
+    let inputs = Arc::new(Inputs {
+        config: config.clone(),
+        state: state_rx.clone(),
+        upstream: Upstream::new(config.clone(), state_rx.clone(), secrets.clone()),
+        balancer: Balancer::default(),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(source.run(config.config_poll_interval, state_tx));
+    tokio::spawn(report_config(state_rx, metrics));
+    {
+        let inputs = inputs.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                inputs.upstream.sweep(inputs.config.pool_idle_timeout);
+            }
+        });
+    }
+    let admin_state = AdminState {
+        inputs: inputs.clone(),
+        registry,
+    };
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        &["/config_dump", "/metrics", "/healthz/ready"],
+    ));
+    tokio::spawn(admin::serve(
+        metrics_listener,
+        admin_state,
+        &["/metrics", "/healthz/ready"],
+    ));
+    tokio::spawn(lanyard_waypoint::inbound::serve(
+        hbone_listener,
+        inputs,
+        secrets,
+    ));
+    info!(name = %config.name, namespace = %config.namespace, identity = %config.identity, "lanyard-waypoint ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down");
+    Ok(())
+}
+
+/// Logs what each new config says that operators must see (rejections, warnings, active
+/// faults) and keeps the fault gauge current.
+async fn report_config(mut rx: watch::Receiver<Arc<MeshState>>, metrics: Arc<Metrics>) {
+    loop {
+        let state = rx.borrow_and_update().clone();
+        metrics.faults_active.reset();
+        for v in state.virtual_services() {
+            let n = v.http.iter().filter(|r| r.fault.is_some()).count();
+            if n > 0 {
+                metrics
+                    .faults_active
+                    .with_label_values(&[&v.namespace, &v.name])
+                    .set(n as i64);
+            }
+        }
+        for w in state.warnings() {
+            warn!(target: "config", "{w}");
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The waypoint's side toward endpoints: HTTP clients whose connections are HBONE streams.
+//!
+//! hyper's pooling client keeps HTTP connections per endpoint (`http://<pod ip>:<port>`); each
+//! new HTTP connection is one `CONNECT` stream on a shared, mutually-authenticated HTTP/2
+//! connection to that pod's agent on 15008, presenting the waypoint's own identity and
+//! requiring the pod's.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection as HyperConnection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lanyard_core::ca::CaClient;
+use lanyard_core::hbone::{self, ConnectRequest, Connection, H2Io, StreamGuard};
+use lanyard_core::identity::Identity;
+use lanyard_core::secrets::{self, SecretManager};
+use lanyard_core::state::MeshState;
+use lanyard_core::tls;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} is not a mesh workload address")]
+    UnknownEndpoint(IpAddr),
+    #[error("bad endpoint URI {0}")]
+    BadUri(http::Uri),
+    #[error("waypoint identity: {0}")]
+    Identity(#[from] secrets::Error),
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("TLS with {0}: {1}")]
+    Tls(SocketAddr, tls::Error),
+    #[error("HBONE with {0}: {1}")]
+    Hbone(SocketAddr, hbone::Error),
+}
+
+/// HTTP clients toward endpoints, by the protocol the endpoint port speaks.
+pub struct Upstream {
+    pub http1: Client<Connector, Body>,
+    pub http2: Client<Connector, Body>,
+    connector: Connector,
+    pool: Arc<HbonePool>,
+}
+
+impl Upstream {
+    pub fn new(
+        config: Arc<Config>,
+        state: watch::Receiver<Arc<MeshState>>,
+        secrets: SecretManager<CaClient>,
+    ) -> Self {
+        let pool = Arc::new(HbonePool {
+            conns: Mutex::new(HashMap::new()),
+        });
+        let connector = Connector {
+            inner: Arc::new(ConnectorInner {
+                config: config.clone(),
+                state,
+                secrets,
+                pool: pool.clone(),
+            }),
+        };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(config.pool_idle_timeout)
+            .pool_timer(hyper_util::rt::TokioTimer::new());
+        let http1 = b.build(connector.clone());
+        let http2 = b.http2_only(true).build(connector.clone());
+        Upstream {
+            http1,
+            http2,
+            connector,
+            pool,
+        }
+    }
+
+    /// Opens a raw tunnel to `addr` (opaque TCP forwarding).
+    pub async fn tunnel(&self, addr: SocketAddr) -> Result<(H2Io, StreamGuard), Error> {
+        let uri: http::Uri = format!("http://{addr}")
+            .parse()
+            .map_err(|_| Error::UnknownEndpoint(addr.ip()))?;
+        let s = self.connector.inner.connect(uri).await?;
+        Ok((s.io.into_inner(), s._guard))
+    }
+
+    /// Drops HBONE connections that are closed or idle.
+    pub fn sweep(&self, idle: std::time::Duration) {
+        let mut conns = self.pool.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|_, list| {
+            list.retain(|(c, used)| {
+                !c.is_closed() && (c.active_streams() > 0 || used.elapsed() < idle)
+            });
+            !list.is_empty()
+        });
+    }
+}
+
+/// HBONE connections by destination pod address.
+struct HbonePool {
+    conns: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
+}
+
+#[derive(Clone)]
+pub struct Connector {
+    inner: Arc<ConnectorInner>,
+}
+
+struct ConnectorInner {
+    config: Arc<Config>,
+    state: watch::Receiver<Arc<MeshState>>,
+    secrets: SecretManager<CaClient>,
+    pool: Arc<HbonePool>,
+}
+
+impl ConnectorInner {
+    async fn connect(&self, uri: http::Uri) -> Result<HboneStream, Error> {
+        let authority: SocketAddr = uri
+            .authority()
+            .and_then(|a| a.as_str().parse().ok())
+            .ok_or_else(|| Error::BadUri(uri.clone()))?;
+        let IpAddr::V4(ip) = authority.ip() else {
+            return Err(Error::UnknownEndpoint(authority.ip()));
+        };
+        let expected = {
+            let state = self.state.borrow();
+            let w = state
+                .workload_by_ip(ip)
+                .ok_or(Error::UnknownEndpoint(authority.ip()))?;
+            w.identity(state.trust_domain())
+        };
+        let hbone_addr = SocketAddr::new(authority.ip(), hbone::HBONE_DEFAULT_PORT);
+        let conn = match self.pooled(hbone_addr) {
+            Some(c) => c,
+            None => {
+                let c = self.dial(hbone_addr, &expected).await?;
+                let mut conns = self.pool.conns.lock().unwrap_or_else(|p| p.into_inner());
+                conns
+                    .entry(hbone_addr)
+                    .or_default()
+                    .push((c.clone(), Instant::now()));
+                c
+            }
+        };
+        let (stream, guard) = conn
+            .connect(ConnectRequest {
+                authority,
+                headers: http::HeaderMap::new(),
+            })
+            .await
+            .map_err(|e| Error::Hbone(authority, e))?;
+        Ok(HboneStream {
+            io: TokioIo::new(H2Io::new(stream)),
+            _guard: guard,
+        })
+    }
+
+    fn pooled(&self, addr: SocketAddr) -> Option<Connection> {
+        let max = self.config.hbone.max_streams as usize;
+        let mut conns = self.pool.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = conns.get_mut(&addr)?;
+        list.retain(|(c, _)| !c.is_closed());
+        let (c, used) = list.iter_mut().find(|(c, _)| c.active_streams() < max)?;
+        *used = Instant::now();
+        Some(c.clone())
+    }
+
+    async fn dial(&self, addr: SocketAddr, expected: &Identity) -> Result<Connection, Error> {
+        let cert = self.secrets.fetch(&self.config.identity).await?;
+        let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::ConnectTimeout(addr))?
+            .map_err(|e| Error::Connect(addr, e))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(
+            self.config.handshake_timeout,
+            tls::connect(tcp, &cert, expected),
+        )
+        .await
+        .map_err(|_| Error::ConnectTimeout(addr))?
+        .map_err(|e| Error::Tls(addr, e))?;
+        hbone::handshake(tls, self.config.hbone)
+            .await
+            .map_err(|e| Error::Hbone(addr, e))
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = HboneStream;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<HboneStream, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.connect(uri).await })
+    }
+}
+
+/// One HTTP connection's byte stream: an HBONE tunnel, counted on its HTTP/2 connection.
+pub struct HboneStream {
+    io: TokioIo<H2Io>,
+    _guard: StreamGuard,
+}
+
+impl HyperConnection for HboneStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl Read for HboneStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for HboneStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
