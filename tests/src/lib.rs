@@ -63,6 +63,9 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// The label a waypoint's pods carry, as Istio's Gateway controller sets it.
+pub const WAYPOINT_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
 pub struct Node {
     pub name: String,
     pub netns: String,
@@ -88,6 +91,7 @@ pub struct MeshBuilder {
     pods: Vec<PodSpec>,
     services: Vec<ServiceSpec>,
     mtls_mode: String,
+    waypoints: Vec<String>,
 }
 
 pub struct Mesh {
@@ -100,6 +104,9 @@ pub struct Mesh {
     /// Extra documents appended to the config file as given (for malformed-object tests).
     pub extra_yaml: String,
     pub mtls_mode: String,
+    /// Namespaces with a waypoint (pod `waypoint-<ns>` on node 0, Service `waypoint`).
+    pub waypoints: Vec<String>,
+    waypoint_procs: Vec<Child>,
     cgroup_root: PathBuf,
     ca: Option<Child>,
     children: Vec<Child>,
@@ -136,6 +143,26 @@ impl MeshBuilder {
         self
     }
 
+    /// A waypoint for `namespace`, as Istio names one: pod `waypoint-<ns>` (outside capture,
+    /// service account `waypoint`), Service `waypoint` on 15008, and the namespace labelled
+    /// `istio.io/use-waypoint=waypoint`.
+    pub fn waypoint(mut self, namespace: &str) -> Self {
+        let k = self.waypoints.len() as u8;
+        self.waypoints.push(namespace.into());
+        self.pods.push(
+            PodSpec::new(&format!("waypoint-{namespace}"), namespace)
+                .service_account("waypoint")
+                .label("istio.io/dataplane-mode", "none")
+                .label(WAYPOINT_LABEL, "waypoint"),
+        );
+        self.services.push(
+            ServiceSpec::new("waypoint", namespace, Ipv4Addr::new(10, 96, 255, k + 1))
+                .selector(WAYPOINT_LABEL, "waypoint")
+                .named_port("mesh", 15008, 15008),
+        );
+        self
+    }
+
     pub fn start(self) -> Result<Mesh> {
         if !nix::unistd::geteuid().is_root() {
             bail!("the end-to-end harness needs root (network namespaces, cgroups, BPF)");
@@ -154,6 +181,8 @@ impl MeshBuilder {
             services: self.services,
             extra_yaml: String::new(),
             mtls_mode: self.mtls_mode,
+            waypoints: self.waypoints,
+            waypoint_procs: Vec::new(),
             cgroup_root,
             ca: None,
             children: Vec::new(),
@@ -170,6 +199,9 @@ impl MeshBuilder {
             mesh.start_agent(i)?;
         }
         mesh.wait_enrolled(Duration::from_secs(20))?;
+        for ns in mesh.waypoints.clone() {
+            mesh.start_waypoint(&ns)?;
+        }
         Ok(mesh)
     }
 }
@@ -185,6 +217,7 @@ impl Mesh {
             pods: Vec::new(),
             services: Vec::new(),
             mtls_mode: "permissive".into(),
+            waypoints: Vec::new(),
         }
     }
 
@@ -288,7 +321,13 @@ impl Mesh {
 
     /// Rewrites the mesh config file atomically (agents and the CA poll it).
     pub fn write_config(&self) -> Result<()> {
-        let text = spec::render(&self.namespaces, &self.pods, &self.services, &self.nodes)
+        let text = spec::render(
+            &self.namespaces,
+            &self.waypoints,
+            &self.pods,
+            &self.services,
+            &self.nodes,
+        )
             + &self.extra_yaml;
         let tmp = self.dir.path().join("mesh.yaml.tmp");
         std::fs::write(&tmp, text)?;
@@ -351,6 +390,106 @@ impl Mesh {
             })
         })?;
         Ok(())
+    }
+
+    fn start_waypoint(&mut self, ns: &str) -> Result<()> {
+        let pod_name = format!("waypoint-{ns}");
+        let certs = self.dir.path().join("certs").join(&pod_name);
+        let out = Command::new(bin("lanyard-ca"))
+            .args(["bootstrap", "--root-dir"])
+            .arg(self.ca_dir())
+            .args(["--workload", &format!("{ns}/waypoint"), "--out"])
+            .arg(&certs)
+            .output()?;
+        if !out.status.success() {
+            bail!("lanyard-ca bootstrap: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let log = std::fs::File::create(self.waypoint_log_path(ns))?;
+        let pod = self.pod(&pod_name);
+        let child = Command::new(bin("e2e-tool"))
+            .args(["exec", "--cgroup"])
+            .arg(pod.cgroup.join("app"))
+            .args(["--netns", &format!("/run/netns/{}", pod.netns), "--"])
+            .arg(bin("lanyard-waypoint"))
+            .args(["--namespace", ns, "--name", "waypoint", "--service-account", "waypoint"])
+            .arg("--config")
+            .arg(self.config_path())
+            .args(["--ca-address", &format!("https://{}:{CA_PORT}", self.nodes[0].ip)])
+            .arg("--ca-bootstrap")
+            .arg(&certs)
+            .env(
+                "RUST_LOG",
+                std::env::var("LANYARD_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.waypoint_procs.push(child);
+        let netns = self.pod(&pod_name).netns.clone();
+        wait_for(Duration::from_secs(15), "the waypoint to be ready", || {
+            let (status, _) = http_get(&netns, "127.0.0.1:15000", "/healthz/ready").ok()?;
+            (status == 200).then_some(())
+        })
+        .with_context(|| format!("waypoint log:\n{}", self.waypoint_log(ns)))?;
+        Ok(())
+    }
+
+    pub fn waypoint_log_path(&self, ns: &str) -> PathBuf {
+        self.dir.path().join(format!("waypoint-{ns}.log"))
+    }
+
+    pub fn waypoint_log(&self, ns: &str) -> String {
+        std::fs::read_to_string(self.waypoint_log_path(ns)).unwrap_or_default()
+    }
+
+    /// The waypoint's Prometheus metrics.
+    pub fn waypoint_metrics(&self, ns: &str) -> Result<String> {
+        let netns = &self.pod(&format!("waypoint-{ns}")).netns;
+        Ok(http_get(netns, "127.0.0.1:15020", "/metrics")?.1)
+    }
+
+    pub fn waypoint_config_dump(&self, ns: &str) -> Result<serde_json::Value> {
+        let netns = &self.pod(&format!("waypoint-{ns}")).netns;
+        let (_, body) = http_get(netns, "127.0.0.1:15000", "/config_dump")?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Starts the HTTP test app (`e2e-app serve`) in `pod` and waits until it listens.
+    pub fn serve_http(&mut self, pod: &str, port: u16, extra: &[&str]) -> Result<()> {
+        let p = self.pod(pod);
+        let version = p.spec.labels.get("version").cloned().unwrap_or_else(|| "v1".into());
+        let mut child = Command::new(bin("e2e-app"))
+            .arg("serve")
+            .args(["--port", &port.to_string(), "--name", pod, "--version", &version])
+            .args(extra)
+            .arg("--cgroup")
+            .arg(p.cgroup.join("app"))
+            .args(["--netns", &format!("/run/netns/{}", p.netns)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = child.stdout.take().expect("piped");
+        let mut buf = [0u8; 10];
+        out.read_exact(&mut buf).context("HTTP app did not start")?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Runs `e2e-app load` in `pod` and returns its JSON summary.
+    pub fn load(&self, pod: &str, args: &[&str]) -> Result<serde_json::Value> {
+        let p = self.pod(pod);
+        let out = Command::new(bin("e2e-app"))
+            .arg("load")
+            .args(args)
+            .arg("--cgroup")
+            .arg(p.cgroup.join("app"))
+            .args(["--netns", &format!("/run/netns/{}", p.netns)])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("e2e-app load failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Where the mesh root and its key are kept.
@@ -571,6 +710,9 @@ impl Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
+        for mut w in std::mem::take(&mut self.waypoint_procs) {
+            terminate(&mut w, Duration::from_secs(2));
+        }
         for i in 0..self.nodes.len() {
             self.stop_agent(i);
         }

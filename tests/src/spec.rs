@@ -49,8 +49,8 @@ pub struct ServiceSpec {
     pub namespace: String,
     pub vip: Ipv4Addr,
     pub selector: BTreeMap<String, String>,
-    /// (service port, target port)
-    pub ports: Vec<(u16, u16)>,
+    /// (service port, target port, port name)
+    pub ports: Vec<(u16, u16, String)>,
 }
 
 impl ServiceSpec {
@@ -69,8 +69,15 @@ impl ServiceSpec {
         self
     }
 
+    /// An opaque TCP port (`tcp-<port>`).
     pub fn port(mut self, port: u16, target: u16) -> Self {
-        self.ports.push((port, target));
+        self.ports.push((port, target, format!("tcp-{port}")));
+        self
+    }
+
+    /// A port named with Istio's protocol convention (`http-<port>`, `grpc-<port>`, …).
+    pub fn named_port(mut self, protocol: &str, port: u16, target: u16) -> Self {
+        self.ports.push((port, target, format!("{protocol}-{port}")));
         self
     }
 }
@@ -91,17 +98,20 @@ pub fn uid() -> String {
 
 pub fn render(
     namespaces: &[(String, bool)],
+    waypoints: &[String],
     pods: &[Pod],
     services: &[ServiceSpec],
     nodes: &[Node],
 ) -> String {
     let mut docs = Vec::new();
     for (name, ambient) in namespaces {
-        let labels = if *ambient {
-            json!({"istio.io/dataplane-mode": "ambient"})
-        } else {
-            json!({})
-        };
+        let mut labels = serde_json::Map::new();
+        if *ambient {
+            labels.insert("istio.io/dataplane-mode".into(), "ambient".into());
+        }
+        if waypoints.contains(name) {
+            labels.insert("istio.io/use-waypoint".into(), "waypoint".into());
+        }
         docs.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}));
     }
     for p in pods {
@@ -118,7 +128,7 @@ pub fn render(
         let ports: Vec<_> = s
             .ports
             .iter()
-            .map(|(p, t)| json!({"name": format!("tcp-{p}"), "port": p, "targetPort": t}))
+            .map(|(p, t, name)| json!({"name": name, "port": p, "targetPort": t}))
             .collect();
         docs.push(json!({
             "apiVersion": "v1", "kind": "Service",

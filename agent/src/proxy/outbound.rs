@@ -5,7 +5,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use lanyard_core::hbone::{copy_bidirectional, ConnectRequest, Copied, HBONE_DEFAULT_PORT};
-use lanyard_core::state::{MeshState, Service, Workload};
+use lanyard_core::state::{MeshState, Service, Waypoint, Workload};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -18,16 +18,48 @@ use crate::socket;
 
 /// Where a connection goes once resolved.
 struct Target {
-    /// The address the app's bytes reach: an endpoint (not a VIP).
+    /// The address the app's bytes reach: an endpoint, or (through a waypoint) the address
+    /// the app dialed, VIP included.
     addr: SocketAddrV4,
     workload: Option<Arc<Workload>>,
     service: Option<Arc<Service>>,
     /// Whether the destination is captured: then HBONE, else plain TCP.
     meshed: bool,
+    /// The waypoint instance the tunnel goes to instead, with `addr` as its authority.
+    waypoint: Option<Arc<Workload>>,
+}
+
+/// A ready instance of `wp`: an endpoint of the waypoint's Service.
+fn waypoint_instance(state: &MeshState, wp: &Waypoint) -> Result<Arc<Workload>, Error> {
+    let host = format!("{}.{}.svc.{}", wp.name, wp.namespace, state.cluster_domain());
+    let none = || Error::NoHealthyUpstream {
+        service: host.clone(),
+        port: HBONE_DEFAULT_PORT,
+    };
+    let svc = state.service_by_host(&host).ok_or_else(none)?;
+    let port = svc
+        .port(HBONE_DEFAULT_PORT)
+        .or_else(|| svc.ports.first())
+        .ok_or_else(none)?;
+    let eps = state.endpoints(svc, port.port);
+    if eps.is_empty() {
+        return Err(none());
+    }
+    Ok(eps[rand::rng().random_range(0..eps.len())].workload.clone())
 }
 
 fn resolve(state: &MeshState, orig: SocketAddrV4) -> Result<Target, Error> {
     if let Some(svc) = state.service_by_vip(*orig.ip()) {
+        // Bound to a waypoint: the waypoint chooses the endpoint (and applies L7 policy).
+        if let Some(wp) = state.waypoint_for_service(svc) {
+            return Ok(Target {
+                addr: orig,
+                workload: None,
+                service: Some(svc.clone()),
+                meshed: true,
+                waypoint: Some(waypoint_instance(state, &wp)?),
+            });
+        }
         if svc.port(orig.port()).is_some() {
             let eps = state.endpoints(svc, orig.port());
             if eps.is_empty() {
@@ -46,15 +78,21 @@ fn resolve(state: &MeshState, orig: SocketAddrV4) -> Result<Target, Error> {
                 meshed: state.is_captured(&ep.workload),
                 workload: Some(ep.workload.clone()),
                 service: Some(svc.clone()),
+                waypoint: None,
             });
         }
     }
     let workload = state.workload_by_ip(*orig.ip()).cloned();
+    let waypoint = match workload.as_ref().and_then(|w| state.waypoint_for_workload(w)) {
+        Some(wp) => Some(waypoint_instance(state, &wp)?),
+        None => None,
+    };
     Ok(Target {
         addr: orig,
-        meshed: workload.as_ref().is_some_and(|w| state.is_captured(w)),
+        meshed: waypoint.is_some() || workload.as_ref().is_some_and(|w| state.is_captured(w)),
         workload,
         service: None,
+        waypoint,
     })
 }
 
@@ -106,11 +144,13 @@ pub(super) async fn handle(pod: Arc<PodCtx>, _id: u64, mut app: TcpStream, peer:
 
     let mut copied = Copied::default();
     let result = if target.meshed {
-        let workload = target
-            .workload
+        // Through a waypoint, the tunnel ends at the waypoint, which must prove its identity.
+        let peer = target
+            .waypoint
             .as_ref()
-            .expect("meshed targets are workloads");
-        hbone(&pod, &state, &mut app, target.addr, workload, &mut copied).await
+            .or(target.workload.as_ref())
+            .expect("meshed targets are workloads or waypoints");
+        hbone(&pod, &state, &mut app, target.addr, peer, &mut copied).await
     } else {
         passthrough(&pod, &mut app, target.addr, &mut copied).await
     };
@@ -134,10 +174,14 @@ async fn hbone(
     state: &MeshState,
     app: &mut TcpStream,
     addr: SocketAddrV4,
-    dst: &Workload,
+    peer: &Workload,
     copied: &mut Copied,
 ) -> Result<(), Error> {
     let inputs = &pod.inputs;
+    let peer_ip = peer.ip.ok_or(Error::NoHealthyUpstream {
+        service: peer.name.clone(),
+        port: HBONE_DEFAULT_PORT,
+    })?;
     // Setup (certificate, pooled dial, CONNECT) runs boxed: its state is large and short-lived,
     // and would otherwise stay inline in every connection's task for its whole life.
     let setup = async {
@@ -145,8 +189,8 @@ async fn hbone(
         let key = PoolKey {
             src_ip: pod.ip,
             src_id: pod.identity.clone(),
-            dst_id: dst.identity(state.trust_domain()),
-            dst: SocketAddrV4::new(*addr.ip(), HBONE_DEFAULT_PORT),
+            dst_id: peer.identity(state.trust_domain()),
+            dst: SocketAddrV4::new(peer_ip, HBONE_DEFAULT_PORT),
         };
         let req = ConnectRequest {
             authority: SocketAddr::V4(addr),
