@@ -327,8 +327,7 @@ impl Mesh {
             &self.pods,
             &self.services,
             &self.nodes,
-        )
-            + &self.extra_yaml;
+        ) + &self.extra_yaml;
         let tmp = self.dir.path().join("mesh.yaml.tmp");
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, self.config_path())?;
@@ -402,7 +401,10 @@ impl Mesh {
             .arg(&certs)
             .output()?;
         if !out.status.success() {
-            bail!("lanyard-ca bootstrap: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "lanyard-ca bootstrap: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let log = std::fs::File::create(self.waypoint_log_path(ns))?;
         let pod = self.pod(&pod_name);
@@ -411,10 +413,20 @@ impl Mesh {
             .arg(pod.cgroup.join("app"))
             .args(["--netns", &format!("/run/netns/{}", pod.netns), "--"])
             .arg(bin("lanyard-waypoint"))
-            .args(["--namespace", ns, "--name", "waypoint", "--service-account", "waypoint"])
+            .args([
+                "--namespace",
+                ns,
+                "--name",
+                "waypoint",
+                "--service-account",
+                "waypoint",
+            ])
             .arg("--config")
             .arg(self.config_path())
-            .args(["--ca-address", &format!("https://{}:{CA_PORT}", self.nodes[0].ip)])
+            .args([
+                "--ca-address",
+                &format!("https://{}:{CA_PORT}", self.nodes[0].ip),
+            ])
             .arg("--ca-bootstrap")
             .arg(&certs)
             .env(
@@ -457,10 +469,22 @@ impl Mesh {
     /// Starts the HTTP test app (`e2e-app serve`) in `pod` and waits until it listens.
     pub fn serve_http(&mut self, pod: &str, port: u16, extra: &[&str]) -> Result<()> {
         let p = self.pod(pod);
-        let version = p.spec.labels.get("version").cloned().unwrap_or_else(|| "v1".into());
+        let version = p
+            .spec
+            .labels
+            .get("version")
+            .cloned()
+            .unwrap_or_else(|| "v1".into());
         let mut child = Command::new(bin("e2e-app"))
             .arg("serve")
-            .args(["--port", &port.to_string(), "--name", pod, "--version", &version])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--name",
+                pod,
+                "--version",
+                &version,
+            ])
             .args(extra)
             .arg("--cgroup")
             .arg(p.cgroup.join("app"))
@@ -487,7 +511,10 @@ impl Mesh {
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
-            bail!("e2e-app load failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "e2e-app load failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }

@@ -77,7 +77,8 @@ impl ServiceSpec {
 
     /// A port named with Istio's protocol convention (`http-<port>`, `grpc-<port>`, …).
     pub fn named_port(mut self, protocol: &str, port: u16, target: u16) -> Self {
-        self.ports.push((port, target, format!("{protocol}-{port}")));
+        self.ports
+            .push((port, target, format!("{protocol}-{port}")));
         self
     }
 }

@@ -106,7 +106,10 @@ fn service_traffic_goes_through_the_waypoint_with_istio_metrics() {
         "istio_requests_total",
         &[
             ("reporter", "waypoint"),
-            ("source_principal", "spiffe://cluster.local/ns/demo/sa/client"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/demo/sa/client",
+            ),
             ("destination_service", "backend.demo.svc.cluster.local"),
             ("response_code", "200"),
         ],
@@ -115,5 +118,425 @@ fn service_traffic_goes_through_the_waypoint_with_istio_metrics() {
     // The backend saw the waypoint's request with the original host and a request id.
     let body: Value = serde_json::from_str(r["lastBody"].as_str().unwrap()).unwrap();
     assert_eq!(body["host"], "10.96.0.20", "{body}");
-    assert!(body["headers"]["x-request-id"].as_str().is_some_and(|s| s.len() == 36), "{body}");
+    assert!(
+        body["headers"]["x-request-id"]
+            .as_str()
+            .is_some_and(|s| s.len() == 36),
+        "{body}"
+    );
+}
+
+fn share(v: &Value, version: &str) -> f64 {
+    let total: u64 = v["versions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    count(v, "versions", version) as f64 / total as f64
+}
+
+#[test]
+fn canary_weights_split_traffic_then_move_it_all() {
+    let mut mesh = mesh("l7can", &[]);
+    apply(&mut mesh, &weights(90, 10));
+    let r = load(
+        &mesh,
+        &["--url", URL, "--count", "2000", "--concurrency", "8"],
+    );
+    assert_eq!(count(&r, "statuses", "200"), 2000, "{r}");
+    let v2 = share(&r, "v2");
+    assert!(
+        (0.07..=0.13).contains(&v2),
+        "90/10 split measured {v2:.3} for v2: {r}"
+    );
+
+    apply(&mut mesh, &weights(100, 0));
+    let r = load(
+        &mesh,
+        &["--url", URL, "--count", "300", "--concurrency", "4"],
+    );
+    assert_eq!(
+        count(&r, "versions", "v1"),
+        300,
+        "100/0 sends everything to v1: {r}"
+    );
+
+    apply(&mut mesh, &weights(0, 100));
+    let r = load(
+        &mesh,
+        &["--url", URL, "--count", "300", "--concurrency", "4"],
+    );
+    assert_eq!(
+        count(&r, "versions", "v2"),
+        300,
+        "0/100 sends everything to v2: {r}"
+    );
+}
+
+#[test]
+fn header_and_uri_matches_route_first_match_wins() {
+    let mut mesh = mesh("l7match", &[]);
+    let vs = format!(
+        "{SUBSETS}---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: backend, namespace: demo}}
+spec:
+  hosts: [backend.demo.svc.cluster.local]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: backend, subset: v2}}}}]
+  - match: [{{uri: {{exact: /exact}}}}, {{uri: {{regex: '/items/[0-9]+'}}}}]
+    route: [{{destination: {{host: backend, subset: v2}}}}]
+  - match: [{{uri: {{prefix: /old}}}}]
+    rewrite: {{uri: /new}}
+    route: [{{destination: {{host: backend, subset: v1}}}}]
+  - match: [{{uri: {{prefix: /moved}}}}]
+    redirect: {{uri: /elsewhere, authority: example.com}}
+  - route: [{{destination: {{host: backend, subset: v1}}}}]
+"
+    );
+    apply(&mut mesh, &vs);
+    let version = |path: &str, header: Option<&str>| {
+        let url = format!("{URL}{path}");
+        let mut args = vec!["--url", url.as_str()];
+        if let Some(h) = header {
+            args.extend(["--header", h]);
+        }
+        let r = load(&mesh, &args);
+        let v = r["versions"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_default();
+        (v, r)
+    };
+    assert_eq!(
+        version("/", Some("end-user: jason")).0,
+        "v2",
+        "header match"
+    );
+    assert_eq!(
+        version("/", Some("end-user: jasonx")).0,
+        "v1",
+        "exact is exact"
+    );
+    assert_eq!(version("/exact", None).0, "v2", "uri exact");
+    assert_eq!(
+        version("/exact/more", None).0,
+        "v1",
+        "exact does not prefix"
+    );
+    assert_eq!(version("/items/42", None).0, "v2", "uri regex");
+    assert_eq!(version("/items/42x", None).0, "v1", "regex is a full match");
+    let (v, r) = version("/old/page?q=1", None);
+    assert_eq!(v, "v1");
+    let body: Value = serde_json::from_str(r["lastBody"].as_str().unwrap()).unwrap();
+    assert_eq!(body["path"], "/new/page", "prefix rewrite: {body}");
+    let r = load(&mesh, &["--url", &format!("{URL}/moved")]);
+    assert_eq!(count(&r, "statuses", "301"), 1, "redirect: {r}");
+}
+
+#[test]
+fn a_route_to_an_undefined_subset_is_a_503_with_a_flag_and_a_warning() {
+    let mut mesh = mesh("l7nosub", &[]);
+    let vs = format!(
+        "{SUBSETS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend, namespace: demo}}
+spec:
+  hosts: [backend]
+  http:
+  - route: [{{destination: {{host: backend, subset: v3}}}}]
+"
+    );
+    apply(&mut mesh, &vs);
+    let r = load(&mesh, &["--url", URL, "--count", "3"]);
+    assert_eq!(count(&r, "statuses", "503"), 3, "{r}");
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "NC")]
+        ),
+        3.0,
+        "{text}"
+    );
+    let dump = mesh.waypoint_config_dump("demo").unwrap();
+    let warnings = dump["warnings"].to_string();
+    assert!(
+        warnings.contains("IST0101") && warnings.contains("\\\"v3\\\""),
+        "{warnings}"
+    );
+
+    // An invalid regex is rejected alone; the last good version keeps serving.
+    let good = weights(100, 0);
+    apply(&mut mesh, &good);
+    let broken = good.replace(
+        "http:\n  - route:",
+        "http:\n  - match: [{uri: {regex: '(['}}]\n    route:",
+    );
+    mesh.extra_yaml = broken;
+    mesh.write_config().unwrap();
+    wait_for(Duration::from_secs(5), "the rejection to show", || {
+        let dump = mesh.waypoint_config_dump("demo").ok()?;
+        let rejected = dump["rejected"].to_string();
+        rejected
+            .contains("VirtualService demo/backend: spec.http[0].match[0].uri.regex")
+            .then_some(())
+    })
+    .unwrap();
+    let r = load(&mesh, &["--url", URL, "--count", "20"]);
+    assert_eq!(
+        count(&r, "versions", "v1"),
+        20,
+        "last good 100/0 keeps serving: {r}"
+    );
+}
+
+fn route_to(subset: &str, extra: &str) -> String {
+    format!(
+        "{SUBSETS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend, namespace: demo}}
+spec:
+  hosts: [backend]
+  http:
+  - route: [{{destination: {{host: backend, subset: {subset}}}}}]
+{extra}"
+    )
+}
+
+#[test]
+fn retries_recover_a_flaky_backend_and_timeouts_cut_slow_ones() {
+    // v3 fails every second request with 503.
+    let mut mesh = mesh("l7retry", &[("backend-v3", "v3", &["--fail-every", "2"])]);
+    let subsets = format!("{SUBSETS}  - {{name: v3, labels: {{version: v3}}}}\n");
+    let vs = |extra: &str| route_to("v3", extra).replacen(SUBSETS, &subsets, 1);
+    apply(&mut mesh, &vs("    retries: {attempts: 0}\n"));
+    let r = load(&mesh, &["--url", URL, "--count", "100"]);
+    assert_eq!(
+        count(&r, "statuses", "503"),
+        50,
+        "without retries half fail: {r}"
+    );
+
+    // Istio's default retry policy (2 attempts, 503 retriable) recovers every request.
+    apply(&mut mesh, &vs(""));
+    let r = load(&mesh, &["--url", URL, "--count", "100"]);
+    assert_eq!(
+        count(&r, "statuses", "200"),
+        100,
+        "default retries recover: {r}"
+    );
+
+    // A route timeout answers 504 when the backend is slower.
+    apply(
+        &mut mesh,
+        &vs("    timeout: 0.3s\n    retries: {attempts: 0}\n"),
+    );
+    let r = load(
+        &mesh,
+        &["--url", &format!("{URL}/delay/2000"), "--count", "2"],
+    );
+    assert_eq!(count(&r, "statuses", "504"), 2, "{r}");
+    let max = r["maxMs"].as_f64().unwrap();
+    assert!(
+        (250.0..1500.0).contains(&max),
+        "timed out after {max} ms, want ~300"
+    );
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    assert_eq!(
+        metric(&text, "istio_requests_total", &[("response_flags", "UT")]),
+        2.0
+    );
+}
+
+#[test]
+fn fault_injection_delays_and_aborts_the_configured_share() {
+    let mut mesh = mesh("l7fault", &[]);
+    apply(
+        &mut mesh,
+        &route_to(
+            "v1",
+            "    fault: {abort: {httpStatus: 418, percentage: {value: 50}}}\n",
+        ),
+    );
+    let r = load(
+        &mesh,
+        &["--url", URL, "--count", "400", "--concurrency", "4"],
+    );
+    let aborted = count(&r, "statuses", "418") as f64 / 400.0;
+    assert!(
+        (0.40..=0.60).contains(&aborted),
+        "50% abort measured {aborted}: {r}"
+    );
+    assert_eq!(
+        count(&r, "statuses", "418") + count(&r, "statuses", "200"),
+        400
+    );
+    // A fault left on is visible: gauge and warning.
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "lanyard_fault_injection_routes",
+            &[("virtual_service", "backend")]
+        ),
+        1.0
+    );
+    assert!(mesh
+        .waypoint_log("demo")
+        .contains("fault injection is active"));
+
+    apply(
+        &mut mesh,
+        &route_to(
+            "v1",
+            "    fault: {delay: {fixedDelay: 0.4s, percentage: {value: 100}}}\n",
+        ),
+    );
+    let r = load(&mesh, &["--url", URL, "--count", "4"]);
+    assert_eq!(count(&r, "statuses", "200"), 4, "{r}");
+    let min = r["minMs"].as_f64().unwrap();
+    assert!(
+        min >= 390.0,
+        "every request delayed 400 ms, fastest took {min} ms"
+    );
+
+    // Without a percentage, nothing is injected (Istio's semantics).
+    apply(
+        &mut mesh,
+        &route_to("v1", "    fault: {abort: {httpStatus: 418}}\n"),
+    );
+    let r = load(&mesh, &["--url", URL, "--count", "50"]);
+    assert_eq!(count(&r, "statuses", "200"), 50, "{r}");
+}
+
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint() {
+    // v3 always fails; v1, v2 and v3 back the service.
+    let mut mesh = mesh("l7outl", &[("backend-v3", "v3", &["--fail-every", "1"])]);
+    let yaml = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend, namespace: demo}
+spec:
+  host: backend
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 50}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend, namespace: demo}
+spec:
+  hosts: [backend]
+  http:
+  - route: [{destination: {host: backend}}]
+    retries: {attempts: 0}
+";
+    apply(&mut mesh, yaml);
+    let r = load(&mesh, &["--url", URL, "--count", "90"]);
+    let failed = count(&r, "statuses", "503");
+    // Round robin over 3 endpoints: the bad one fails twice, then is ejected.
+    assert!(
+        (1..=3).contains(&failed),
+        "{failed} failures before ejection: {r}"
+    );
+    assert_eq!(count(&r, "versions", "v3"), failed, "{r}");
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    assert_eq!(
+        metric(&text, "lanyard_outlier_ejections_total", &[]),
+        1.0,
+        "{text}"
+    );
+}
+
+#[test]
+fn connection_pool_overflow_is_a_503_uo() {
+    let mut mesh = mesh("l7pool", &[]);
+    let yaml = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend, namespace: demo}
+spec:
+  host: backend
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend, namespace: demo}
+spec:
+  hosts: [backend]
+  http:
+  - route: [{destination: {host: backend}}]
+    retries: {attempts: 0}
+";
+    apply(&mut mesh, yaml);
+    let r = load(
+        &mesh,
+        &[
+            "--url",
+            &format!("{URL}/delay/300"),
+            "--count",
+            "12",
+            "--concurrency",
+            "6",
+        ],
+    );
+    let (ok, over) = (count(&r, "statuses", "200"), count(&r, "statuses", "503"));
+    assert_eq!(ok + over, 12, "{r}");
+    assert!(
+        ok >= 2 && over >= 4,
+        "one running + one pending at a time: {r}"
+    );
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    assert_eq!(
+        metric(&text, "istio_requests_total", &[("response_flags", "UO")]),
+        over as f64
+    );
+}
+
+#[test]
+fn mirroring_copies_requests_without_affecting_the_client() {
+    let mut mesh = mesh("l7mirr", &[]);
+    apply(
+        &mut mesh,
+        &route_to(
+            "v1",
+            "    mirror: {host: backend, subset: v2}\n    mirrorPercentage: {value: 100}\n",
+        ),
+    );
+    let r = load(&mesh, &["--url", URL, "--count", "30"]);
+    assert_eq!(
+        count(&r, "versions", "v1"),
+        30,
+        "the client only sees v1: {r}"
+    );
+    // v2 got the copies: ask it directly (workload traffic skips the waypoint).
+    let direct = format!("http://{}:8080/", mesh.pod("backend-v2").ip);
+    let seen = wait_for(Duration::from_secs(5), "mirrored copies", || {
+        let r = load(&mesh, &["--url", &direct]);
+        let body: Value = serde_json::from_str(r["lastBody"].as_str()?).ok()?;
+        let n = body["n"].as_u64()?;
+        (n > 30).then_some(n)
+    })
+    .unwrap();
+    assert_eq!(seen, 31, "30 mirrored copies then our direct request");
+    let body: Value = serde_json::from_str(
+        load(&mesh, &["--url", &direct])["lastBody"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["n"], 32);
 }

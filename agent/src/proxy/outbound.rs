@@ -31,7 +31,12 @@ struct Target {
 
 /// A ready instance of `wp`: an endpoint of the waypoint's Service.
 fn waypoint_instance(state: &MeshState, wp: &Waypoint) -> Result<Arc<Workload>, Error> {
-    let host = format!("{}.{}.svc.{}", wp.name, wp.namespace, state.cluster_domain());
+    let host = format!(
+        "{}.{}.svc.{}",
+        wp.name,
+        wp.namespace,
+        state.cluster_domain()
+    );
     let none = || Error::NoHealthyUpstream {
         service: host.clone(),
         port: HBONE_DEFAULT_PORT,
@@ -83,7 +88,10 @@ fn resolve(state: &MeshState, orig: SocketAddrV4) -> Result<Target, Error> {
         }
     }
     let workload = state.workload_by_ip(*orig.ip()).cloned();
-    let waypoint = match workload.as_ref().and_then(|w| state.waypoint_for_workload(w)) {
+    let waypoint = match workload
+        .as_ref()
+        .and_then(|w| state.waypoint_for_workload(w))
+    {
         Some(wp) => Some(waypoint_instance(state, &wp)?),
         None => None,
     };

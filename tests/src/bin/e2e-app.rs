@@ -84,10 +84,14 @@ async fn serve(args: &[String]) {
         fail_every: arg(args, "--fail-every").map_or(0, |s| s.parse().expect("--fail-every")),
         count: AtomicU64::new(0),
     });
-    let l = tokio::net::TcpListener::bind(("0.0.0.0", port)).await.expect("bind");
+    let l = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .expect("bind");
     println!("listening");
     loop {
-        let Ok((tcp, _)) = l.accept().await else { continue };
+        let Ok((tcp, _)) = l.accept().await else {
+            continue;
+        };
         let app = app.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |r| handle(app.clone(), r));
@@ -127,7 +131,12 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let method = req.method().to_string();
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let mut status = StatusCode::OK;
     if let Some(ms) = path.strip_prefix("/delay/").and_then(|s| s.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -142,8 +151,12 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
                       "host": host, "headers": headers, "bodyLen": body_len, "n": n});
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("x-served-by", HeaderValue::from_str(&app.name).expect("name"));
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        "x-served-by",
+        HeaderValue::from_str(&app.name).expect("name"),
+    );
     Ok(resp)
 }
 
@@ -165,7 +178,8 @@ async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
     });
     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut resp = Response::new(StreamBody::new(stream).boxed());
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
     resp
 }
 
@@ -186,7 +200,10 @@ async fn load(args: &[String]) {
     let grpc_messages: usize = arg(args, "--grpc").map_or(0, |s| s.parse().expect("--grpc N"));
     let headers: Vec<(String, String)> = args_all(args, "--header")
         .into_iter()
-        .filter_map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .filter_map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     let mut b = Client::builder(TokioExecutor::new());
     b.http2_only(h2 || grpc_messages > 0);
@@ -210,7 +227,9 @@ async fn load(args: &[String]) {
                     req = req.header(k, v);
                 }
                 let body = if grpc_messages > 0 {
-                    req = req.header("content-type", "application/grpc").header("te", "trailers");
+                    req = req
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers");
                     let frames: Vec<_> = (0..grpc_messages)
                         .map(|i| grpc_frame(format!("message {i}").as_bytes()))
                         .collect();
@@ -219,7 +238,12 @@ async fn load(args: &[String]) {
                     full(Bytes::new())
                 };
                 let start = Instant::now();
-                let outcome = match tokio::time::timeout(Duration::from_secs(20), client.request(req.body(body).expect("request"))).await {
+                let outcome = match tokio::time::timeout(
+                    Duration::from_secs(20),
+                    client.request(req.body(body).expect("request")),
+                )
+                .await
+                {
                     Ok(Ok(resp)) => {
                         let status = resp.status().as_u16();
                         let served = resp
@@ -242,7 +266,10 @@ async fn load(args: &[String]) {
                             Err(_) => (Bytes::new(), None),
                         };
                         if let Some(t) = trailers {
-                            grpc_status = t.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string);
+                            grpc_status = t
+                                .get("grpc-status")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
                         }
                         let text = String::from_utf8_lossy(&body).into_owned();
                         let version = serde_json::from_str::<serde_json::Value>(&text)
@@ -287,7 +314,11 @@ async fn load(args: &[String]) {
         }
     }
     lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     println!(
         "{}",
         json!({"statuses": statuses, "servedBy": served, "versions": versions, "grpcStatus": grpc,
