@@ -540,3 +540,110 @@ fn mirroring_copies_requests_without_affecting_the_client() {
     .unwrap();
     assert_eq!(body["n"], 32);
 }
+
+#[test]
+fn l7_authorization_by_identity_method_and_path() {
+    let mut mesh = mesh("l7authz", &[]);
+    let yaml = format!(
+        "{}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: backend-readers, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: '', name: backend}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/demo/sa/client]}}}}]
+    to: [{{operation: {{methods: [GET], paths: ['/api/*']}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: '', name: backend}}]
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ['/api/admin']}}}}]
+",
+        weights(100, 0)
+    );
+    apply(&mut mesh, &yaml);
+    let status = |method: &str, path: &str| {
+        let r = load(&mesh, &["--url", &format!("{URL}{path}"), "--method", method]);
+        let s = r["statuses"].as_object().unwrap().keys().next().cloned().unwrap();
+        (s, r)
+    };
+    assert_eq!(status("GET", "/api/items").0, "200");
+    let (s, r) = status("POST", "/api/items");
+    assert_eq!(s, "403", "method not allowed: {r}");
+    assert_eq!(r["lastBody"], "RBAC: access denied");
+    assert_eq!(status("GET", "/other").0, "403", "path not allowed");
+    assert_eq!(status("GET", "/api/admin").0, "403", "DENY wins over ALLOW");
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    assert_eq!(
+        metric(&text, "lanyard_requests_denied_total", &[("policy", "demo/no-admin"), ("reason", "deny_matched")]),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "lanyard_requests_denied_total", &[]) >= 3.0,
+        "{text}"
+    );
+}
+
+#[test]
+fn http2_and_grpc_unary_and_streaming_pass_the_waypoint() {
+    let mut mesh = Mesh::builder("l7grpc")
+        .nodes(2)
+        .namespace("demo", true)
+        .waypoint("demo")
+        .pod(PodSpec::new("client", "demo").node(0))
+        .pod(backend("backend-v1", "v1"))
+        .service(
+            ServiceSpec::new("backend", "demo", VIP)
+                .named_port("http", 80, 8080)
+                .named_port("grpc", 9090, 8080),
+        )
+        .start()
+        .expect("mesh starts");
+    mesh.serve_http("backend-v1", 8080, &[]).unwrap();
+    // HTTP/2 from the client to an HTTP port.
+    let r = load(&mesh, &["--url", URL, "--count", "20", "--h2"]);
+    assert_eq!(count(&r, "statuses", "200"), 20, "{r}");
+    // gRPC: one message (unary) and several (streaming), echoed with grpc-status trailers.
+    let grpc = "http://10.96.0.20:9090/echo.Echo/Say";
+    let r = load(&mesh, &["--url", grpc, "--grpc", "1", "--count", "5"]);
+    assert_eq!(count(&r, "grpcStatus", "0"), 5, "{r}");
+    let r = load(&mesh, &["--url", grpc, "--grpc", "10", "--count", "3"]);
+    assert_eq!(count(&r, "grpcStatus", "0"), 3, "{r}");
+    // 10 framed messages of 14-15 bytes each came back, per call.
+    let per_call = r["bodyBytes"].as_u64().unwrap() / 3;
+    assert_eq!(per_call, (0..10).map(|i| 5 + format!("message {i}").len() as u64).sum::<u64>());
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    assert_eq!(
+        metric(&text, "istio_requests_total", &[("request_protocol", "grpc"), ("grpc_response_status", "0")]),
+        8.0,
+        "{text}"
+    );
+    // A gRPC abort fault answers with the gRPC status.
+    mesh.extra_yaml = "---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: backend, namespace: demo}
+spec:
+  hosts: [backend]
+  http:
+  - match: [{port: 9090}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: backend, port: {number: 9090}}}]
+  - route: [{destination: {host: backend}}]
+"
+    .into();
+    mesh.write_config().unwrap();
+    let r = wait_for(Duration::from_secs(5), "the fault to apply", || {
+        let r = load(&mesh, &["--url", grpc, "--grpc", "1"]);
+        (count(&r, "grpcStatus", "14") == 1).then_some(r)
+    })
+    .unwrap();
+    assert_eq!(count(&r, "statuses", "200"), 1, "{r}");
+}

@@ -595,6 +595,12 @@ impl hyper::body::Body for Recorded {
         if let Poll::Ready(Some(Ok(f))) = &polled {
             if let Some(d) = f.data_ref() {
                 self.bytes += d.len() as u64;
+            } else if let Some(t) = f.trailers_ref() {
+                // gRPC's status usually arrives in trailers.
+                let status = t.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string);
+                if let (Some(s), Some((_, rec, _))) = (status, self.done.as_mut()) {
+                    rec.grpc_status = s;
+                }
             }
         }
         polled

@@ -214,9 +214,9 @@ async fn route(
             inputs
                 .metrics
                 .denied
-                .with_label_values(&[&rec.dst_service, &policy, &format!("{:?}", decision.reason)])
+                .with_label_values(&[&rec.dst_service, &policy, decision.reason.label()])
                 .inc();
-            rec.policy = policy;
+            rec.policy = decision.reason.to_string();
             let mut l = Local::new(StatusCode::FORBIDDEN, "-", "RBAC: access denied");
             l.grpc = Some(7);
             return Err(l);

@@ -190,6 +190,18 @@ impl Decision {
     }
 }
 
+impl Reason {
+    /// A short, fixed label for metrics (the Display form is for logs).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::NoAllowPolicies => "no_allow_policies",
+            Reason::AllowedBy(_) => "allowed",
+            Reason::DeniedBy(_) => "deny_matched",
+            Reason::NoAllowMatched(_) => "no_allow_matched",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
