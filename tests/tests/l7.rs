@@ -569,8 +569,17 @@ spec:
     );
     apply(&mut mesh, &yaml);
     let status = |method: &str, path: &str| {
-        let r = load(&mesh, &["--url", &format!("{URL}{path}"), "--method", method]);
-        let s = r["statuses"].as_object().unwrap().keys().next().cloned().unwrap();
+        let r = load(
+            &mesh,
+            &["--url", &format!("{URL}{path}"), "--method", method],
+        );
+        let s = r["statuses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .cloned()
+            .unwrap();
         (s, r)
     };
     assert_eq!(status("GET", "/api/items").0, "200");
@@ -581,7 +590,11 @@ spec:
     assert_eq!(status("GET", "/api/admin").0, "403", "DENY wins over ALLOW");
     let text = mesh.waypoint_metrics("demo").unwrap();
     assert_eq!(
-        metric(&text, "lanyard_requests_denied_total", &[("policy", "demo/no-admin"), ("reason", "deny_matched")]),
+        metric(
+            &text,
+            "lanyard_requests_denied_total",
+            &[("policy", "demo/no-admin"), ("reason", "deny_matched")]
+        ),
         1.0,
         "{text}"
     );
@@ -618,10 +631,19 @@ fn http2_and_grpc_unary_and_streaming_pass_the_waypoint() {
     assert_eq!(count(&r, "grpcStatus", "0"), 3, "{r}");
     // 10 framed messages of 14-15 bytes each came back, per call.
     let per_call = r["bodyBytes"].as_u64().unwrap() / 3;
-    assert_eq!(per_call, (0..10).map(|i| 5 + format!("message {i}").len() as u64).sum::<u64>());
+    assert_eq!(
+        per_call,
+        (0..10)
+            .map(|i| 5 + format!("message {i}").len() as u64)
+            .sum::<u64>()
+    );
     let text = mesh.waypoint_metrics("demo").unwrap();
     assert_eq!(
-        metric(&text, "istio_requests_total", &[("request_protocol", "grpc"), ("grpc_response_status", "0")]),
+        metric(
+            &text,
+            "istio_requests_total",
+            &[("request_protocol", "grpc"), ("grpc_response_status", "0")]
+        ),
         8.0,
         "{text}"
     );

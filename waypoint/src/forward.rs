@@ -597,7 +597,10 @@ impl hyper::body::Body for Recorded {
                 self.bytes += d.len() as u64;
             } else if let Some(t) = f.trailers_ref() {
                 // gRPC's status usually arrives in trailers.
-                let status = t.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string);
+                let status = t
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 if let (Some(s), Some((_, rec, _))) = (status, self.done.as_mut()) {
                     rec.grpc_status = s;
                 }

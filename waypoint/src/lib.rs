@@ -6,6 +6,7 @@
 //! The waypoint knows nothing of eBPF, network namespaces or Kubernetes API clients.
 
 pub mod admin;
+pub mod authn;
 pub mod config;
 pub mod forward;
 pub mod inbound;

@@ -90,6 +90,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         upstream: Upstream::new(config.clone(), state_rx.clone(), secrets.clone()),
         balancer: Balancer::default(),
         metrics: metrics.clone(),
+        jwks: Default::default(),
     });
     tokio::spawn(source.run(config.config_poll_interval, state_tx));
     tokio::spawn(report_config(state_rx, metrics));

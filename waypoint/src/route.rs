@@ -32,6 +32,7 @@ pub struct Inputs {
     pub upstream: Upstream,
     pub balancer: Balancer,
     pub metrics: Arc<Metrics>,
+    pub jwks: crate::authn::Jwks,
 }
 
 /// The inbound tunnel a request arrived on: who called, and the address it dialed.
@@ -180,6 +181,12 @@ async fn route(
         namespace: config.namespace.clone(),
         name: config.name.clone(),
     };
+    let authns = state.waypoint_request_authns(&waypoint, svc.as_deref());
+    let user = if authns.is_empty() {
+        None
+    } else {
+        crate::authn::authenticate(&inputs.jwks, &authns, &mut req).await?
+    };
     let policies = state.waypoint_policies(&waypoint, svc.as_deref());
     if !policies.is_empty() {
         let principal = down.src_id.principal();
@@ -203,8 +210,8 @@ async fn route(
                     method: req.method().as_str(),
                     path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
                     headers,
-                    request_principal: None,
-                    claims: None,
+                    request_principal: user.as_ref().map(|u| u.principal.as_str()),
+                    claims: user.as_ref().map(|u| &u.claims),
                     remote_ip: Some(down.src_ip),
                 }),
             },

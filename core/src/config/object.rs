@@ -7,6 +7,7 @@ use super::k8s::{Namespace, Pod, Service};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::policy::authn::RequestAuthenticationSpec;
 use crate::policy::wire::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use crate::traffic::wire::{DestinationRuleSpec, VirtualServiceSpec};
 
@@ -55,6 +56,7 @@ pub enum Object {
     Service(Box<Service>),
     AuthorizationPolicy(Box<IstioObject<AuthorizationPolicySpec>>),
     PeerAuthentication(Box<IstioObject<PeerAuthenticationSpec>>),
+    RequestAuthentication(Box<IstioObject<RequestAuthenticationSpec>>),
     VirtualService(Box<IstioObject<VirtualServiceSpec>>),
     DestinationRule(Box<IstioObject<DestinationRuleSpec>>),
 }
@@ -123,7 +125,10 @@ pub fn parse(value: serde_json::Value) -> Parsed {
         (api_version, kind.as_str()),
         ("v1", "Namespace" | "Pod" | "Service")
     ) || (security
-        && matches!(kind.as_str(), "AuthorizationPolicy" | "PeerAuthentication"))
+        && matches!(
+            kind.as_str(),
+            "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication"
+        ))
         || (networking && matches!(kind.as_str(), "VirtualService" | "DestinationRule"));
     if !known {
         return Parsed::Ignored;
@@ -140,6 +145,9 @@ pub fn parse(value: serde_json::Value) -> Parsed {
         }
         "PeerAuthentication" => {
             decode(&object, value).map(|o| Object::PeerAuthentication(Box::new(o)))
+        }
+        "RequestAuthentication" => {
+            decode(&object, value).map(|o| Object::RequestAuthentication(Box::new(o)))
         }
         "VirtualService" => decode(&object, value).map(|o| Object::VirtualService(Box::new(o))),
         "DestinationRule" => decode(&object, value).map(|o| Object::DestinationRule(Box::new(o))),

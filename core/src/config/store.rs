@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::k8s::Namespace as K8sNamespace;
 
 use super::object::{self, Object, ObjectRef, Parsed, Rejection};
+use crate::policy::authn::{self, RequestAuthentication};
 use crate::policy::authz::AuthorizationPolicy;
 use crate::policy::peer::PeerAuthentication;
 use crate::policy::wire;
@@ -23,6 +24,7 @@ pub enum Resource {
     Service(Service),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
+    RequestAuthentication(Arc<RequestAuthentication>),
     VirtualService(Arc<VirtualService>),
     DestinationRule(Arc<DestinationRule>),
 }
@@ -104,6 +106,12 @@ fn convert(oref: &ObjectRef, obj: &Object, cluster_domain: &str) -> Result<Resou
             let ns = oref.namespace.as_deref().unwrap_or_default();
             wire::peer_authentication(ns, &oref.name, &p.spec)
                 .map(|p| Resource::PeerAuthentication(Arc::new(p)))
+                .map_err(|(field, msg)| Rejection::new(oref, field, msg))
+        }
+        Object::RequestAuthentication(p) => {
+            let ns = oref.namespace.as_deref().unwrap_or_default();
+            authn::request_authentication(ns, &oref.name, &p.spec)
+                .map(|p| Resource::RequestAuthentication(Arc::new(p)))
                 .map_err(|(field, msg)| Rejection::new(oref, field, msg))
         }
         Object::VirtualService(v) => {

@@ -1,6 +1,8 @@
 //! The policy engine the agent (L4) and the waypoint (L7) share: AuthorizationPolicy and
-//! PeerAuthentication with Istio's semantics, validated from their wire form.
+//! PeerAuthentication with Istio's semantics, validated from their wire form; and
+//! RequestAuthentication (which JWTs are accepted), enforced at waypoints.
 
+pub mod authn;
 pub mod authz;
 pub mod matcher;
 pub mod peer;

@@ -17,6 +17,7 @@ pub use traffic::{Waypoint, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL};
 pub use workload::{Workload, DATAPLANE_MODE_LABEL};
 
 use crate::config::{Rejection, Resource, Snapshot};
+use crate::policy::authn::RequestAuthentication;
 use crate::policy::authz::{applies_to, evaluate, Action, AuthorizationPolicy, Decision, Request};
 use crate::policy::peer::{self, MtlsMode, PeerAuthentication};
 use crate::traffic::{DestinationRule, VirtualService};
@@ -82,6 +83,7 @@ pub struct MeshState {
     /// Services by fully-qualified host name.
     by_host: HashMap<String, Arc<Service>>,
     virtual_services: Vec<Arc<VirtualService>>,
+    request_authns: Vec<Arc<RequestAuthentication>>,
     destination_rules: Vec<Arc<DestinationRule>>,
 }
 
@@ -142,6 +144,15 @@ impl MeshState {
                 Resource::PeerAuthentication(p) => {
                     state.warnings.extend(p.warning());
                     state.peer_auth.push((*p).clone());
+                }
+                Resource::RequestAuthentication(r) => {
+                    if !matches!(r.scope, crate::policy::authz::Scope::TargetRefs(_)) {
+                        state.warnings.push(format!(
+                            "RequestAuthentication {}/{}: only targetRefs policies are enforced (at waypoints); node agents do not see requests",
+                            r.namespace, r.name
+                        ));
+                    }
+                    state.request_authns.push(r);
                 }
                 Resource::VirtualService(v) => {
                     let name = format!("VirtualService {}/{}", v.namespace, v.name);

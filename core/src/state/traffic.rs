@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::{Endpoint, MeshState, Service, Workload};
+use crate::policy::authn::RequestAuthentication;
 use crate::policy::authz::{AuthorizationPolicy, Scope};
 use crate::traffic::virtual_service::{Destination, RouteAction};
 use crate::traffic::{DestinationRule, VirtualService};
@@ -150,6 +151,30 @@ impl MeshState {
             );
         }
         out
+    }
+
+    /// The RequestAuthentications a waypoint applies for traffic to `svc`: targetRefs to the
+    /// Service, the waypoint's Gateway, or (root namespace) the waypoint GatewayClass.
+    pub fn waypoint_request_authns(
+        &self,
+        waypoint: &Waypoint,
+        svc: Option<&Service>,
+    ) -> Vec<Arc<RequestAuthentication>> {
+        let targets = |r: &RequestAuthentication, kind: &str, name: &str| match &r.scope {
+            Scope::TargetRefs(refs) => refs.iter().any(|t| t.kind == kind && t.name == name),
+            _ => false,
+        };
+        self.request_authns
+            .iter()
+            .filter(|r| {
+                (r.namespace == self.root_namespace && targets(r, "GatewayClass", "istio-waypoint"))
+                    || (r.namespace == waypoint.namespace && targets(r, "Gateway", &waypoint.name))
+                    || svc.is_some_and(|s| {
+                        r.namespace == s.namespace && targets(r, "Service", &s.name)
+                    })
+            })
+            .cloned()
+            .collect()
     }
 
     pub fn virtual_services(&self) -> &[Arc<VirtualService>] {

@@ -5,6 +5,7 @@
 //!   `host`, `headers`); `/status/<code>` answers that code, `/delay/<ms>` waits first; with
 //!   `--fail-every K` every K-th request gets 503. gRPC requests (`application/grpc`) get
 //!   their messages echoed back with `grpc-status: 0` trailers.
+//!   `--jwks FILE` serves that key set at `/jwks.json`.
 //! - `load --url U --count N [--concurrency C] [--method M] [--header k:v]… [--h2] [--grpc]`:
 //!   sends N requests over keep-alive connections and prints a JSON summary (status counts,
 //!   which `name`/`version` served, errors, latency percentiles, the last body).
@@ -70,6 +71,8 @@ fn main() {
 }
 
 struct App {
+    /// Served at `/jwks.json` when given (a local identity provider's keys).
+    jwks: Option<String>,
     name: String,
     version: String,
     fail_every: u64,
@@ -79,6 +82,7 @@ struct App {
 async fn serve(args: &[String]) {
     let port: u16 = arg(args, "--port").expect("--port").parse().expect("port");
     let app = Arc::new(App {
+        jwks: arg(args, "--jwks").map(|f| std::fs::read_to_string(f).expect("reading --jwks file")),
         name: arg(args, "--name").unwrap_or_else(|| "app".into()),
         version: arg(args, "--version").unwrap_or_else(|| "v1".into()),
         fail_every: arg(args, "--fail-every").map_or(0, |s| s.parse().expect("--fail-every")),
@@ -118,6 +122,12 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         return Ok(grpc_echo(req).await);
     }
     let path = req.uri().path().to_string();
+    if let (Some(jwks), "/jwks.json") = (&app.jwks, path.as_str()) {
+        let mut resp = Response::new(full(jwks.clone()));
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        return Ok(resp);
+    }
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
