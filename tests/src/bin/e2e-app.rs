@@ -154,7 +154,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     if let Some(code) = path.strip_prefix("/status/").and_then(|s| s.parse().ok()) {
         status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     }
-    if app.fail_every > 0 && n % app.fail_every == 0 {
+    if app.fail_every > 0 && n.is_multiple_of(app.fail_every) {
         status = StatusCode::SERVICE_UNAVAILABLE;
     }
     let body = json!({"name": app.name, "version": app.version, "method": method, "path": path,
