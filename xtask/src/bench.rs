@@ -2,7 +2,6 @@
 //! and meshed (enrolled), in one run, with release builds. Figures are reported as ratios to
 //! direct where that makes sense; absolute figures are for this machine only.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ struct Figures {
     rss_per_conn_kib: Option<f64>,
 }
 
-fn tool(name: &str) -> Result<PathBuf> {
+pub fn tool(name: &str) -> Result<PathBuf> {
     let home = std::env::var("HOME").unwrap_or_default();
     for dir in [
         format!("{home}/.cargo/bin"),
@@ -60,7 +59,7 @@ pub fn ensure_tools() -> Result<()> {
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may contain spaces) start at ") ".
     let rest = stat.rsplit_once(") ").context("malformed stat")?.1;
@@ -70,7 +69,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / hz)
 }
 
-fn rss_kib(pid: u32) -> Result<f64> {
+pub fn rss_kib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
@@ -91,7 +90,7 @@ fn agents_cpu(mesh: &Mesh) -> Result<f64> {
     Ok(total)
 }
 
-fn run_json(mut cmd: Command) -> Result<Value> {
+pub fn run_json(mut cmd: Command) -> Result<Value> {
     let out = cmd.stdin(Stdio::null()).output()?;
     if !out.status.success() {
         bail!(
@@ -268,10 +267,14 @@ pub fn l4() -> Result<()> {
 
     let table = render(&direct, &meshed);
     println!("{table}");
-    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
-    write_doc(&doc, &table)?;
-    eprintln!("written to {}", doc.display());
-    Ok(())
+    let preamble = format!(
+        "`cargo xtask bench l4`: one run, one two-node topology of network namespaces, measured \
+first direct (namespace not enrolled), then meshed (enrolled), release builds. Single stream: \
+iperf3, 8 s. Latency: oha at a fixed 1000 rps, 4 connections, 1 KiB responses, \
+`--latency-correction`, 15 s. New connections: oha, 16 workers, keep-alive off, 8 s. Memory: \
+agent VmRSS idle, then with {IDLE_CONNS} idle proxied connections held open."
+    );
+    write_section("L4 (agent)", &preamble, &table)
 }
 
 fn render(d: &Figures, m: &Figures) -> String {
@@ -350,26 +353,25 @@ pub fn policy() -> Result<()> {
         }
     }
     let targets = [("l4 decision", "≤ 1 µs"), ("config update", "≤ 50 ms")];
-    let mut section = String::from("## Policy engine\n\n`cargo xtask bench policy` (criterion, median). 5,000 AuthorizationPolicies in 100 namespaces, 50 applying to the destination workload (the last one matching).\n\n| benchmark | median | target |\n|---|---|---|\n");
+    let mut table = String::from("| benchmark | median | target |\n|---|---|---|\n");
     for (name, median) in &rows {
         let target = targets
             .iter()
             .find(|(p, _)| name.starts_with(p))
             .map_or("", |t| t.1);
-        section += &format!("| {name} | {median} | {target} |\n");
+        table += &format!("| {name} | {median} | {target} |\n");
     }
-    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
-    let existing = std::fs::read_to_string(&doc).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let kept = match existing.find("## Policy engine") {
-        Some(i) => existing[..i].to_string(),
-        None => existing,
-    };
-    std::fs::write(&doc, format!("{}\n{section}", kept.trim_end()))?;
-    eprintln!("written to {}", doc.display());
-    Ok(())
+    write_section(
+        "Policy engine",
+        "`cargo xtask bench policy` (criterion, median). 5,000 AuthorizationPolicies in 100 namespaces, 50 applying to the destination workload (the last one matching).",
+        &table,
+    )
 }
 
-fn write_doc(path: &Path, table: &str) -> Result<()> {
+/// Replaces (or appends) the section `## {title}` of docs/benchmarks.md, keeping the others,
+/// with a line saying when and where it ran.
+pub fn write_section(title: &str, preamble: &str, table: &str) -> Result<()> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")?
         .lines()
         .find(|l| l.starts_with("model name"))
@@ -385,36 +387,30 @@ fn write_doc(path: &Path, table: &str) -> Result<()> {
             .output()?
             .stdout,
     )?;
-    // Other suites' sections (after this one) are kept.
-    let others = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.find("## Policy engine").map(|i| s[i..].to_string()))
-        .unwrap_or_default();
-    let mut f = std::fs::File::create(path)?;
-    writeln!(f, "# Benchmarks\n")?;
-    writeln!(
-        f,
-        "Produced by `cargo xtask bench l4`: one run, one two-node topology of network namespaces,"
-    )?;
-    writeln!(
-        f,
-        "measured first direct (namespace not enrolled), then meshed (enrolled), release builds."
-    )?;
-    writeln!(f, "Single stream: iperf3, 8 s. Latency: oha at a fixed 1000 rps, 4 connections, 1 KiB responses,")?;
-    writeln!(f, "`--latency-correction`, 15 s. New connections: oha, 16 workers, keep-alive off, 8 s. Memory:")?;
-    writeln!(
-        f,
-        "agent VmRSS idle, then with {IDLE_CONNS} idle proxied connections held open.\n"
-    )?;
-    writeln!(
-        f,
-        "## L4 (agent)\n\nRun: {} on {cores} cores ({cpu}), Linux {}\n",
+    let section = format!(
+        "## {title}\n\n{preamble}\n\nRun: {} on {cores} cores ({cpu}), Linux {}\n\n{table}",
         date.trim(),
         kernel.trim()
-    )?;
-    writeln!(f, "{table}")?;
-    if !others.is_empty() {
-        writeln!(f, "{others}")?;
+    );
+    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let mut parts: Vec<String> = Vec::new();
+    for chunk in existing.split("\n## ") {
+        parts.push(chunk.to_string());
     }
+    let head = parts.remove(0);
+    let heading = |p: &str| p.lines().next().unwrap_or_default().trim().to_string();
+    let new_body = section.trim_start_matches("## ").to_string();
+    match parts.iter().position(|p| heading(p) == title) {
+        Some(i) => parts[i] = new_body,
+        None => parts.push(new_body),
+    }
+    let mut out = head.trim_end().to_string();
+    for p in parts {
+        out += "\n\n## ";
+        out += p.trim_end();
+    }
+    out += "\n";
+    std::fs::write(&path, out)?;
+    eprintln!("written to {}", path.display());
     Ok(())
 }

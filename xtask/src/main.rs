@@ -5,9 +5,10 @@
 //! - `lint`: rustfmt and clippy with warnings as errors;
 //! - `e2e-clean`: removes what a killed end-to-end run left (namespaces, cgroups, pins);
 //! - `demo [--keep]`: a local two-node mesh, walked through step by step;
-//! - `bench l4`: direct vs meshed figures, written to docs/benchmarks.md.
+//! - `bench l4` / `bench l7` / `bench policy`: figures written to docs/benchmarks.md.
 
 mod bench;
+mod bench_l7;
 mod demo;
 mod setup;
 
@@ -33,7 +34,8 @@ enum Cmd {
     Lint,
     /// Remove network namespaces, cgroups and BPF pins left by killed end-to-end runs.
     E2eClean,
-    /// Benchmarks: `l4` (agent, direct vs meshed), `policy` (authorization engine).
+    /// Benchmarks: `l4` (agent, direct vs meshed), `l7` (waypoint vs direct and nginx),
+    /// `policy` (authorization engine).
     Bench {
         #[arg(default_value = "l4")]
         suite: String,
@@ -58,7 +60,11 @@ fn main() -> Result<()> {
                 bench::l4()
             }
             "policy" => bench::policy(),
-            other => bail!("unknown benchmark suite {other:?} (have: l4, policy)"),
+            "l7" => {
+                setup::ensure()?;
+                bench_l7::l7()
+            }
+            other => bail!("unknown benchmark suite {other:?} (have: l4, l7, policy)"),
         },
         Cmd::Demo { keep } => {
             setup::ensure()?;

@@ -191,3 +191,66 @@ pub fn request_authentication(
         rules,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(spec: serde_json::Value) -> Result<RequestAuthentication, Invalid> {
+        let spec: RequestAuthenticationSpec = serde_json::from_value(spec).expect("wire form");
+        request_authentication("demo", "jwt", &spec)
+    }
+
+    #[test]
+    fn defaults_follow_istio() {
+        let r = parse(json!({"targetRefs": [{"kind": "Service", "group": "", "name": "backend"}],
+                             "jwtRules": [{"issuer": "https://idp", "jwksUri": "https://idp/keys"}]}))
+        .unwrap();
+        let rule = &r.rules[0];
+        assert_eq!(
+            rule.locations,
+            vec![
+                TokenLocation::Header("authorization".into(), "Bearer ".into()),
+                TokenLocation::Param("access_token".into())
+            ],
+            "Authorization: Bearer, then ?access_token="
+        );
+        assert!(!rule.forward_original_token);
+        assert_eq!(rule.fetch_timeout, std::time::Duration::from_secs(5));
+        assert!(matches!(r.scope, Scope::TargetRefs(_)));
+    }
+
+    #[test]
+    fn invalid_rules_name_the_field() {
+        let cases = [
+            (
+                json!({"jwtRules": [{"jwksUri": "https://idp/keys"}]}),
+                "spec.jwtRules[0].issuer",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i"}]}),
+                "spec.jwtRules[0].jwksUri",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwksUri": "ftp://x"}]}),
+                "spec.jwtRules[0].jwksUri",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwks": "{}"}]}),
+                "spec.jwtRules[0].jwks",
+            ),
+            (
+                json!({"jwtRules": [{"issuer": "i", "jwks": "{\"keys\": []}", "timeout": "soon"}]}),
+                "spec.jwtRules[0].timeout",
+            ),
+            (
+                json!({"selector": {"matchLabels": {"a": "b"}}, "targetRefs": [{"kind": "Service", "name": "x"}]}),
+                "spec.selector",
+            ),
+        ];
+        for (spec, field) in cases {
+            assert_eq!(parse(spec.clone()).unwrap_err().0, field, "{spec}");
+        }
+    }
+}
