@@ -501,9 +501,14 @@ impl Mesh {
 
     /// Runs `e2e-app load` in `pod` and returns its JSON summary.
     pub fn load(&self, pod: &str, args: &[&str]) -> Result<serde_json::Value> {
+        self.app(pod, "load", args)
+    }
+
+    /// Runs an `e2e-app` client mode (`load`, `ws`) in `pod`; returns its JSON output.
+    pub fn app(&self, pod: &str, mode: &str, args: &[&str]) -> Result<serde_json::Value> {
         let p = self.pod(pod);
         let out = Command::new(bin("e2e-app"))
-            .arg("load")
+            .arg(mode)
             .args(args)
             .arg("--cgroup")
             .arg(p.cgroup.join("app"))

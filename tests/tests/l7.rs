@@ -669,3 +669,55 @@ spec:
     .unwrap();
     assert_eq!(count(&r, "statuses", "200"), 1, "{r}");
 }
+
+#[test]
+fn websocket_upgrades_and_tcp_routes_pass_the_waypoint() {
+    let mut mesh = Mesh::builder("l7ws")
+        .nodes(2)
+        .namespace("demo", true)
+        .waypoint("demo")
+        .pod(PodSpec::new("client", "demo").node(0))
+        .pod(backend("backend-v1", "v1"))
+        .pod(backend("backend-v2", "v2"))
+        .service(
+            ServiceSpec::new("backend", "demo", VIP)
+                .named_port("http", 80, 8080)
+                .port(7070, 8080),
+        )
+        .start()
+        .expect("mesh starts");
+    mesh.serve_http("backend-v1", 8080, &[]).unwrap();
+    mesh.serve_http("backend-v2", 8080, &[]).unwrap();
+    let r = mesh
+        .app("client", "ws", &["--url", &format!("{URL}/chat"), "--text", "hello over the waypoint"])
+        .unwrap();
+    assert_eq!(r["status"], 101, "{r}");
+    assert_eq!(r["echo"], "hello over the waypoint", "{r}");
+
+    // Port 7070 is opaque TCP: a `tcp` route with weights sends it all to v2.
+    apply(
+        &mut mesh,
+        &format!(
+            "{SUBSETS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend, namespace: demo}}
+spec:
+  hosts: [backend]
+  tcp:
+  - match: [{{port: 7070}}]
+    route:
+    - {{destination: {{host: backend, subset: v1, port: {{number: 7070}}}}, weight: 0}}
+    - {{destination: {{host: backend, subset: v2, port: {{number: 7070}}}}, weight: 100}}
+"
+        ),
+    );
+    let r = load(&mesh, &["--url", "http://10.96.0.20:7070/", "--count", "10"]);
+    assert_eq!(count(&r, "versions", "v2"), 10, "{r}");
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    // Opaque TCP is not counted as requests.
+    assert_eq!(
+        metric(&text, "istio_requests_total", &[("destination_cluster", "outbound|7070|v2|backend.demo.svc.cluster.local")]),
+        0.0
+    );
+}

@@ -268,7 +268,7 @@ pub async fn forward(
     inputs: &Inputs,
     state: &MeshState,
     plan: Plan,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, Local> {
     if plan.endpoints.is_empty() {
@@ -291,6 +291,10 @@ pub async fn forward(
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
         )
     })?;
+    // An HTTP/1.1 upgrade (WebSocket): the upgrade headers go through, and after a 101 the
+    // two connections are spliced.
+    let upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let max = inputs.config.max_buffered_body as u64;
     let want_copy = plan.retries.attempts > 0 || !plan.mirrors.is_empty();
@@ -323,7 +327,17 @@ pub async fn forward(
         },
         |b| b.len() as u64,
     );
+    let upgrade_headers = upgrade.then(|| {
+        (
+            parts.headers.get(header::CONNECTION).cloned(),
+            parts.headers.get(header::UPGRADE).cloned(),
+        )
+    });
     strip_hop_by_hop(&mut parts.headers, plan.h2);
+    if let Some((Some(conn), Some(up))) = upgrade_headers {
+        parts.headers.insert(header::CONNECTION, conn);
+        parts.headers.insert(header::UPGRADE, up);
+    }
     if !parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(&rec.authority) {
             parts.headers.insert(header::HOST, v);
@@ -339,7 +353,7 @@ pub async fn forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    if let Some(body) = &buffered {
+    if let (Some(body), false) = (&buffered, upgrade) {
         for m in &plan.mirrors {
             if m.fraction > 0.0 && (m.fraction >= 1.0 || rand::rng().random::<f64>() < m.fraction) {
                 mirror(inputs, state, m, &parts, &path, body.clone(), rec);
@@ -412,8 +426,17 @@ pub async fn forward(
         drop(in_flight);
         let on = &plan.retries.retry_on;
         match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 let status = resp.status();
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_upgrade {
+                        fill_destination(rec, &plan, addr, state);
+                        let server_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(splice(client_side, server_side));
+                        let (parts, _) = resp.into_parts();
+                        return Ok(Response::from_parts(parts, local::empty()));
+                    }
+                }
                 report(inputs, &plan, addr, Outcome::Status(status.as_u16()), rec);
                 if more && retriable(&plan.retries, status, resp.headers()) {
                     backoff(attempt).await;
@@ -468,6 +491,18 @@ pub async fn forward(
             }
         }
     }
+}
+
+/// Copies both ways between an upgraded client connection and the upgraded upstream one.
+async fn splice(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    let (Ok(c), Ok(s)) = tokio::join!(client, server) else {
+        return;
+    };
+    let (mut c, mut s) = (
+        hyper_util::rt::TokioIo::new(c),
+        hyper_util::rt::TokioIo::new(s),
+    );
+    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
 }
 
 fn report(inputs: &Inputs, plan: &Plan, addr: SocketAddr, outcome: Outcome, rec: &RequestRecord) {

@@ -255,3 +255,94 @@ impl Cluster {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_core::traffic::destination_rule::HashOn;
+    use std::time::Duration;
+
+    fn addrs(n: u16) -> Vec<SocketAddr> {
+        (0..n).map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i))).collect()
+    }
+
+    fn od(n: u32, max_pct: u32) -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx: Some(n),
+            consecutive_gateway: None,
+            interval: Duration::from_secs(1),
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: max_pct,
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_every_endpoint_evenly() {
+        let c = Cluster::new(ConnectionPool::default());
+        let a = addrs(3);
+        let mut seen = HashMap::new();
+        for _ in 0..300 {
+            *seen.entry(c.pick(&a, &LoadBalancer::RoundRobin, None, None).unwrap()).or_insert(0) += 1;
+        }
+        assert!(seen.values().all(|n| *n == 100), "{seen:?}");
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_per_key_and_spreads_keys() {
+        let c = Cluster::new(ConnectionPool::default());
+        let a = addrs(4);
+        let lb = LoadBalancer::ConsistentHash(HashOn::Header("x-user".into()));
+        let first = c.pick(&a, &lb, Some("alice"), None);
+        for _ in 0..20 {
+            assert_eq!(c.pick(&a, &lb, Some("alice"), None), first);
+        }
+        let spread: std::collections::HashSet<_> =
+            (0..50).map(|i| c.pick(&a, &lb, Some(&format!("user{i}")), None)).collect();
+        assert!(spread.len() >= 3, "keys spread over endpoints: {spread:?}");
+    }
+
+    #[test]
+    fn consecutive_5xx_eject_within_max_percent_and_a_success_resets() {
+        let c = Cluster::new(ConnectionPool::default());
+        let a = addrs(2);
+        let od = od(2, 10);
+        assert!(!c.report(a[0], Outcome::Status(503), Some(&od), 2));
+        assert!(!c.report(a[0], Outcome::Status(200), Some(&od), 2), "success resets the count");
+        assert!(!c.report(a[0], Outcome::Status(500), Some(&od), 2));
+        assert!(c.report(a[0], Outcome::Status(502), Some(&od), 2), "one endpoint may always go, whatever the percentage");
+        for _ in 0..10 {
+            assert_eq!(c.pick(&a, &LoadBalancer::RoundRobin, None, None), Some(a[1]));
+        }
+        // 10% of 2 endpoints: the second may not be ejected too.
+        c.report(a[1], Outcome::ConnectFailure, Some(&od), 2);
+        assert!(!c.report(a[1], Outcome::ConnectFailure, Some(&od), 2));
+    }
+
+    #[test]
+    fn all_ejected_means_all_serve_and_retries_avoid_the_last_choice() {
+        let c = Cluster::new(ConnectionPool::default());
+        let a = addrs(1);
+        c.report(a[0], Outcome::Status(503), Some(&od(1, 100)), 1);
+        assert_eq!(c.pick(&a, &LoadBalancer::Random, None, None), Some(a[0]), "panic mode");
+        let two = addrs(2);
+        for _ in 0..10 {
+            assert_eq!(c.pick(&two, &LoadBalancer::Random, None, Some(two[0])), Some(two[1]));
+        }
+    }
+
+    #[tokio::test]
+    async fn pool_limits_queue_then_overflow() {
+        let c = Arc::new(Cluster::new(ConnectionPool {
+            max_connections: Some(1),
+            http1_max_pending: Some(1),
+            ..Default::default()
+        }));
+        let running = c.admit().await.unwrap();
+        let c2 = c.clone();
+        let waiting = tokio::spawn(async move { c2.admit().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(c.admit().await.is_err(), "one running and one pending: the third overflows");
+        drop(running);
+        assert!(waiting.await.unwrap().is_ok(), "the pending one runs once there is room");
+    }
+}

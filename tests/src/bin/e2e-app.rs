@@ -63,6 +63,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("serve") => rt.block_on(serve(&args)),
         Some("load") => rt.block_on(load(&args)),
+        Some("ws") => rt.block_on(ws(&args)),
         _ => {
             eprintln!("usage: e2e-app serve|load …");
             std::process::exit(2);
@@ -100,7 +101,7 @@ async fn serve(args: &[String]) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |r| handle(app.clone(), r));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
+                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
                 .await;
         });
     }
@@ -112,8 +113,24 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
 
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let n = app.count.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(proto) = req.headers().get("upgrade").cloned() {
+        // WebSocket-style upgrade: 101, then echo whatever arrives.
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert("connection", HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert("upgrade", proto);
+        return Ok(resp);
+    }
     let grpc = req
         .headers()
         .get("content-type")
@@ -199,6 +216,37 @@ fn grpc_frame(msg: &[u8]) -> Bytes {
     b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     b.extend_from_slice(msg);
     b.freeze()
+}
+
+/// Upgrades one HTTP/1.1 connection (`Upgrade: websocket`), sends `--text`, and prints the
+/// status and what came back.
+async fn ws(args: &[String]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url: http::Uri = arg(args, "--url").expect("--url").parse().expect("url");
+    let text = arg(args, "--text").unwrap_or_else(|| "ping".into());
+    let authority = url.authority().expect("authority").to_string();
+    let mut s = tokio::net::TcpStream::connect(&authority).await.expect("connect");
+    let req = format!(
+        "GET {} HTTP/1.1\r\nhost: {authority}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+        url.path()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        if s.read(&mut b).await.expect("read") == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status: u16 = head.get(9..12).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let mut echo = vec![0u8; text.len()];
+    if status == 101 {
+        s.write_all(text.as_bytes()).await.expect("write");
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await;
+    }
+    println!("{}", json!({"status": status, "echo": String::from_utf8_lossy(&echo)}));
 }
 
 async fn load(args: &[String]) {
