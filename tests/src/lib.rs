@@ -280,6 +280,7 @@ impl Mesh {
              ip -n {ns} link set lo up && ip -n {ns} addr add {ip}/32 dev eth0 && ip -n {ns} link set eth0 up && \
              ip -n {ns} route add default dev eth0 scope link && \
              ip -n {node_ns} link set {host_if} up && ip netns exec {node_ns} sysctl -qw net.ipv4.conf.{host_if}.proxy_arp=1 && \
+             ip netns exec {node_ns} sysctl -qw net.ipv4.neigh.{host_if}.proxy_delay=0 && \
              ip -n {node_ns} route add {ip}/32 dev {host_if}"
         ))?;
         // kubelet's layout: kubepods/pod<uid>/<container>; the sandbox holds the netns.

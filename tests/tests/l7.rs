@@ -689,7 +689,16 @@ fn websocket_upgrades_and_tcp_routes_pass_the_waypoint() {
     mesh.serve_http("backend-v1", 8080, &[]).unwrap();
     mesh.serve_http("backend-v2", 8080, &[]).unwrap();
     let r = mesh
-        .app("client", "ws", &["--url", &format!("{URL}/chat"), "--text", "hello over the waypoint"])
+        .app(
+            "client",
+            "ws",
+            &[
+                "--url",
+                &format!("{URL}/chat"),
+                "--text",
+                "hello over the waypoint",
+            ],
+        )
         .unwrap();
     assert_eq!(r["status"], 101, "{r}");
     assert_eq!(r["echo"], "hello over the waypoint", "{r}");
@@ -712,12 +721,22 @@ spec:
 "
         ),
     );
-    let r = load(&mesh, &["--url", "http://10.96.0.20:7070/", "--count", "10"]);
+    let r = load(
+        &mesh,
+        &["--url", "http://10.96.0.20:7070/", "--count", "10"],
+    );
     assert_eq!(count(&r, "versions", "v2"), 10, "{r}");
     let text = mesh.waypoint_metrics("demo").unwrap();
     // Opaque TCP is not counted as requests.
     assert_eq!(
-        metric(&text, "istio_requests_total", &[("destination_cluster", "outbound|7070|v2|backend.demo.svc.cluster.local")]),
+        metric(
+            &text,
+            "istio_requests_total",
+            &[(
+                "destination_cluster",
+                "outbound|7070|v2|backend.demo.svc.cluster.local"
+            )]
+        ),
         0.0
     );
 }

@@ -263,7 +263,9 @@ mod tests {
     use std::time::Duration;
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
-        (0..n).map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i))).collect()
+        (0..n)
+            .map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i)))
+            .collect()
     }
 
     fn od(n: u32, max_pct: u32) -> OutlierDetection {
@@ -282,7 +284,9 @@ mod tests {
         let a = addrs(3);
         let mut seen = HashMap::new();
         for _ in 0..300 {
-            *seen.entry(c.pick(&a, &LoadBalancer::RoundRobin, None, None).unwrap()).or_insert(0) += 1;
+            *seen
+                .entry(c.pick(&a, &LoadBalancer::RoundRobin, None, None).unwrap())
+                .or_insert(0) += 1;
         }
         assert!(seen.values().all(|n| *n == 100), "{seen:?}");
     }
@@ -296,8 +300,9 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(c.pick(&a, &lb, Some("alice"), None), first);
         }
-        let spread: std::collections::HashSet<_> =
-            (0..50).map(|i| c.pick(&a, &lb, Some(&format!("user{i}")), None)).collect();
+        let spread: std::collections::HashSet<_> = (0..50)
+            .map(|i| c.pick(&a, &lb, Some(&format!("user{i}")), None))
+            .collect();
         assert!(spread.len() >= 3, "keys spread over endpoints: {spread:?}");
     }
 
@@ -307,11 +312,20 @@ mod tests {
         let a = addrs(2);
         let od = od(2, 10);
         assert!(!c.report(a[0], Outcome::Status(503), Some(&od), 2));
-        assert!(!c.report(a[0], Outcome::Status(200), Some(&od), 2), "success resets the count");
+        assert!(
+            !c.report(a[0], Outcome::Status(200), Some(&od), 2),
+            "success resets the count"
+        );
         assert!(!c.report(a[0], Outcome::Status(500), Some(&od), 2));
-        assert!(c.report(a[0], Outcome::Status(502), Some(&od), 2), "one endpoint may always go, whatever the percentage");
+        assert!(
+            c.report(a[0], Outcome::Status(502), Some(&od), 2),
+            "one endpoint may always go, whatever the percentage"
+        );
         for _ in 0..10 {
-            assert_eq!(c.pick(&a, &LoadBalancer::RoundRobin, None, None), Some(a[1]));
+            assert_eq!(
+                c.pick(&a, &LoadBalancer::RoundRobin, None, None),
+                Some(a[1])
+            );
         }
         // 10% of 2 endpoints: the second may not be ejected too.
         c.report(a[1], Outcome::ConnectFailure, Some(&od), 2);
@@ -323,10 +337,17 @@ mod tests {
         let c = Cluster::new(ConnectionPool::default());
         let a = addrs(1);
         c.report(a[0], Outcome::Status(503), Some(&od(1, 100)), 1);
-        assert_eq!(c.pick(&a, &LoadBalancer::Random, None, None), Some(a[0]), "panic mode");
+        assert_eq!(
+            c.pick(&a, &LoadBalancer::Random, None, None),
+            Some(a[0]),
+            "panic mode"
+        );
         let two = addrs(2);
         for _ in 0..10 {
-            assert_eq!(c.pick(&two, &LoadBalancer::Random, None, Some(two[0])), Some(two[1]));
+            assert_eq!(
+                c.pick(&two, &LoadBalancer::Random, None, Some(two[0])),
+                Some(two[1])
+            );
         }
     }
 
@@ -341,8 +362,14 @@ mod tests {
         let c2 = c.clone();
         let waiting = tokio::spawn(async move { c2.admit().await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(c.admit().await.is_err(), "one running and one pending: the third overflows");
+        assert!(
+            c.admit().await.is_err(),
+            "one running and one pending: the third overflows"
+        );
         drop(running);
-        assert!(waiting.await.unwrap().is_ok(), "the pending one runs once there is room");
+        assert!(
+            waiting.await.unwrap().is_ok(),
+            "the pending one runs once there is room"
+        );
     }
 }

@@ -127,7 +127,8 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Bo
         });
         let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut().insert("connection", HeaderValue::from_static("upgrade"));
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("upgrade"));
         resp.headers_mut().insert("upgrade", proto);
         return Ok(resp);
     }
@@ -225,7 +226,9 @@ async fn ws(args: &[String]) {
     let url: http::Uri = arg(args, "--url").expect("--url").parse().expect("url");
     let text = arg(args, "--text").unwrap_or_else(|| "ping".into());
     let authority = url.authority().expect("authority").to_string();
-    let mut s = tokio::net::TcpStream::connect(&authority).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(&authority)
+        .await
+        .expect("connect");
     let req = format!(
         "GET {} HTTP/1.1\r\nhost: {authority}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
         url.path()
@@ -246,7 +249,10 @@ async fn ws(args: &[String]) {
         s.write_all(text.as_bytes()).await.expect("write");
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await;
     }
-    println!("{}", json!({"status": status, "echo": String::from_utf8_lossy(&echo)}));
+    println!(
+        "{}",
+        json!({"status": status, "echo": String::from_utf8_lossy(&echo)})
+    );
 }
 
 async fn load(args: &[String]) {
