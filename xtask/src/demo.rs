@@ -10,15 +10,20 @@ use anyhow::{bail, Result};
 use lanyard_e2e::pcap::{self, PacketCapture};
 use lanyard_e2e::{metric, probe, Mesh, PodSpec, ServiceSpec};
 
+use crate::demo_l7;
+
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const UI_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
+/// The todobackend pods also run a TCP echo server here, for the L4 steps.
+const ECHO: u16 = 9090;
 const MARKER: &str = "todo: buy milk (lanyard-demo-marker)";
 
-struct Steps {
+pub struct Steps {
     results: Vec<(String, bool, String)>,
 }
 
 impl Steps {
-    fn run(&mut self, name: &str, f: impl FnOnce() -> Result<String>) {
+    pub fn run(&mut self, name: &str, f: impl FnOnce() -> Result<String>) {
         eprint!("▶ {name} … ");
         let started = Instant::now();
         let (ok, detail) = match f() {
@@ -39,34 +44,43 @@ pub fn run(keep: bool) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     std::env::set_var("LANYARD_BIN_DIR", target.join("debug"));
-    eprintln!("Starting a 2-node mesh: CA, one agent per node, todoui (node0), todobackend ×2 (node1, node0), legacy client…");
+    eprintln!("Starting a 2-node mesh: CA, one agent per node, the todo namespace's waypoint, todoui 0.1 (node0) and 0.2 (node1), todobackend ×2, a user, a legacy client outside the mesh, a local JWT issuer…");
+    let todo = |name: &str, node: usize, app: &str| {
+        PodSpec::new(name, "todo")
+            .node(node)
+            .label("app", app)
+            .service_account(app)
+    };
     let mut mesh = Mesh::builder("demo")
         .nodes(2)
         .namespace("todo", false)
         .namespace("legacy", false)
-        .pod(
-            PodSpec::new("todoui", "todo")
-                .node(0)
-                .label("version", "0.1"),
-        )
-        .pod(
-            PodSpec::new("todobackend-1", "todo")
-                .node(1)
-                .label("app", "todobackend")
-                .service_account("todobackend"),
-        )
-        .pod(
-            PodSpec::new("todobackend-2", "todo")
-                .node(0)
-                .label("app", "todobackend")
-                .service_account("todobackend"),
-        )
+        .namespace("idp", false)
+        .waypoint("todo")
+        .pod(todo("todoui-0-1", 0, "todoui").label("version", "0.1"))
+        .pod(todo("todoui-0-2", 1, "todoui").label("version", "0.2"))
+        .pod(todo("todobackend-1", 1, "todobackend"))
+        .pod(todo("todobackend-2", 0, "todobackend"))
+        .pod(todo("user", 0, "user"))
         .pod(PodSpec::new("legacy-client", "legacy").node(0))
-        .service(ServiceSpec::new("todobackend", "todo", VIP).port(8080, 8080))
+        .pod(PodSpec::new("idp", "idp").node(1))
+        .service(
+            ServiceSpec::new("todobackend", "todo", VIP)
+                .named_port("http", 8080, 8080)
+                .port(ECHO, ECHO),
+        )
+        .service(ServiceSpec::new("todoui", "todo", UI_VIP).named_port("http", 80, 8080))
         .start()?;
-    mesh.serve("todobackend-1", 8080)?;
-    mesh.serve("todobackend-2", 8080)?;
-    let backend = SocketAddr::from((mesh.pod("todobackend-1").ip, 8080));
+    for pod in ["todobackend-1", "todobackend-2", "todoui-0-1", "todoui-0-2"] {
+        mesh.serve_http(pod, 8080, &[])?;
+    }
+    mesh.serve("todobackend-1", ECHO)?;
+    mesh.serve("todobackend-2", ECHO)?;
+    let idp = demo_l7::Idp::new()?;
+    let jwks = mesh.dir.path().join("jwks.json");
+    std::fs::write(&jwks, idp.jwks.to_string())?;
+    mesh.serve_http("idp", 8080, &["--jwks", &jwks.to_string_lossy()])?;
+    let backend = SocketAddr::from((mesh.pod("todobackend-1").ip, ECHO));
     let mut steps = Steps {
         results: Vec::new(),
     };
@@ -76,7 +90,7 @@ pub fn run(keep: bool) -> Result<()> {
         || {
             let seen = capture_while(&mesh, || {
                 mesh.run(
-                    "todoui",
+                    "todoui-0-1",
                     &["send", "--addr", &backend.to_string(), "--text", MARKER],
                 )
             })?;
@@ -110,7 +124,7 @@ pub fn run(keep: bool) -> Result<()> {
         || {
             let seen = capture_while(&mesh, || {
                 mesh.run(
-                    "todoui",
+                    "todoui-0-1",
                     &["send", "--addr", &backend.to_string(), "--text", MARKER],
                 )
             })?;
@@ -141,7 +155,10 @@ pub fn run(keep: bool) -> Result<()> {
             let mut hits = std::collections::BTreeMap::<String, u32>::new();
             for _ in 0..40 {
                 let out = mesh
-                    .run("todoui", &["client", "--addr", &format!("{VIP}:8080")])
+                    .run(
+                        "todoui-0-1",
+                        &["client", "--addr", &format!("{VIP}:{ECHO}")],
+                    )
                     .map_err(anyhow::Error::msg)?;
                 let who = out
                     .trim()
@@ -155,7 +172,9 @@ pub fn run(keep: bool) -> Result<()> {
             if hits.len() != 2 {
                 bail!("expected both endpoints, got {hits:?}");
             }
-            Ok(format!("40 connections to {VIP}:8080 → {hits:?}"))
+            Ok(format!(
+                "40 connections to {VIP}:{ECHO} (opaque TCP, through the waypoint) → {hits:?}"
+            ))
         },
     );
 
@@ -188,7 +207,7 @@ pub fn run(keep: bool) -> Result<()> {
             }
             let ok = mesh
                 .run(
-                    "todoui",
+                    "todoui-0-1",
                     &["client", "--addr", &backend.to_string(), "--bytes", "100"],
                 )
                 .map_err(anyhow::Error::msg)?;
@@ -204,17 +223,17 @@ pub fn run(keep: bool) -> Result<()> {
         },
     );
 
-    eprintln!(
-        "\nSteps with a waypoint (canary 90/10, header routing, AuthorizationPolicy, JWT, fault"
-    );
-    eprintln!("injection) are not in this demo yet: the L7 waypoint is still to come.\n");
+    demo_l7::run(&mut mesh, &mut steps, &idp);
+
+    eprintln!();
     eprintln!("| step | result |\n|---|---|");
     for (name, ok, _) in &steps.results {
         eprintln!("| {name} | {} |", if *ok { "PASS" } else { "FAIL" });
     }
     eprintln!(
-        "\nMetrics: `ip netns exec {} curl -s 127.0.0.1:15020/metrics` (node0), admin on 127.0.0.1:15000 (/config_dump, /certs).",
-        mesh.nodes[0].netns
+        "\nMetrics: `ip netns exec {} curl -s 127.0.0.1:15020/metrics` (node0 agent; admin on 127.0.0.1:15000: /config_dump, /certs), `ip netns exec {} curl -s 127.0.0.1:15020/metrics` (waypoint: istio_requests_total…).",
+        mesh.nodes[0].netns,
+        mesh.pod("waypoint-todo").netns
     );
     if keep {
         eprintln!(

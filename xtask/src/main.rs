@@ -10,6 +10,7 @@
 mod bench;
 mod bench_l7;
 mod demo;
+mod demo_l7;
 mod setup;
 
 use std::process::Command;
