@@ -9,12 +9,9 @@ use lanyard_agent::config::{Args, Config};
 use lanyard_agent::enroll::Enroller;
 use lanyard_agent::metrics::Metrics;
 use lanyard_agent::proxy::ProxyInputs;
-use lanyard_core::ca::{CaClient, ClientTls};
 use lanyard_core::config::FileSource;
-use lanyard_core::secrets::{SecretConfig, SecretManager};
+use lanyard_core::secrets::SecretConfig;
 use lanyard_core::state::Settings;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -91,29 +88,15 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .unwrap_or_default();
     let (state_tx, state_rx) = watch::channel(Arc::new(initial));
 
-    let read = |name: &str| {
-        let path = config.ca_bootstrap.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    let root_pem = read("root.pem")?;
-    let roots = CertificateDer::pem_slice_iter(root_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("parsing root.pem")?;
-    let tls = ClientTls {
-        root_pem,
-        cert_pem: read("cert.pem")?,
-        key_pem: read("key.pem")?,
-        server_name: config.ca_server_name.clone(),
-    };
-    let ca = CaClient::new(&config.ca_address, Some(tls))?;
-    let secrets = SecretManager::new(
-        ca,
-        roots,
+    let secrets = lanyard_core::ca::secret_manager(
+        &config.ca_bootstrap,
+        &config.ca_address,
+        &config.ca_server_name,
         SecretConfig {
             validity: config.cert_ttl,
             ..Default::default()
         },
-    );
+    )?;
 
     ensure_bpffs()?;
     let capture = Arc::new(Capture::load(&config.bpf_pin_dir, &config.cgroup_root)?);

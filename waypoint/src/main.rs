@@ -3,9 +3,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use lanyard_core::ca::{CaClient, ClientTls};
 use lanyard_core::config::FileSource;
-use lanyard_core::secrets::{SecretConfig, SecretManager};
+use lanyard_core::secrets::SecretConfig;
 use lanyard_core::state::{MeshState, Settings};
 use lanyard_waypoint::admin::{self, AdminState};
 use lanyard_waypoint::config::{Args, Config};
@@ -13,8 +12,6 @@ use lanyard_waypoint::lb::Balancer;
 use lanyard_waypoint::metrics::Metrics;
 use lanyard_waypoint::route::Inputs;
 use lanyard_waypoint::upstream::Upstream;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -61,25 +58,12 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .unwrap_or_default();
     let (state_tx, state_rx) = watch::channel(Arc::new(initial));
 
-    let read = |name: &str| {
-        let path = config.ca_bootstrap.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    let root_pem = read("root.pem")?;
-    let roots = CertificateDer::pem_slice_iter(root_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("parsing root.pem")?;
-    let tls = ClientTls {
-        root_pem,
-        cert_pem: read("cert.pem")?,
-        key_pem: read("key.pem")?,
-        server_name: config.ca_server_name.clone(),
-    };
-    let secrets = SecretManager::new(
-        CaClient::new(&config.ca_address, Some(tls))?,
-        roots,
+    let secrets = lanyard_core::ca::secret_manager(
+        &config.ca_bootstrap,
+        &config.ca_address,
+        &config.ca_server_name,
         SecretConfig::default(),
-    );
+    )?;
     secrets.prefetch(&config.identity);
 
     let registry = prometheus::Registry::new();

@@ -2,12 +2,14 @@
 //! and the client agents and waypoints use (against Lanyard's CA or istiod).
 
 mod authority;
+mod bootstrap;
 mod client;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use authority::{csr_for, Authority};
+pub use bootstrap::{secret_manager, BootstrapError};
 pub use client::{CaClient, ClientTls};
 
 use crate::identity::Identity;

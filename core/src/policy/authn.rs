@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::authz::{Scope, TargetRef};
+use super::authz::Scope;
 use super::wire::{Invalid, PolicyTargetRef, WorkloadSelector};
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,27 +94,7 @@ pub fn request_authentication(
     spec: &RequestAuthenticationSpec,
 ) -> Result<RequestAuthentication, Invalid> {
     let err = |f: String, m: &str| Err((f, m.to_string()));
-    let mut refs: Vec<&PolicyTargetRef> = spec.target_refs.iter().flatten().collect();
-    refs.extend(spec.target_ref.as_ref());
-    let scope = match (&spec.selector, refs.is_empty()) {
-        (Some(_), false) => {
-            return err(
-                "spec.selector".into(),
-                "cannot be combined with spec.targetRefs",
-            )
-        }
-        (Some(sel), true) => Scope::Selector(sel.match_labels.clone()),
-        (None, true) => Scope::Namespace,
-        (None, false) => Scope::TargetRefs(
-            refs.iter()
-                .map(|r| TargetRef {
-                    group: r.group.clone(),
-                    kind: r.kind.clone(),
-                    name: r.name.clone(),
-                })
-                .collect(),
-        ),
-    };
+    let scope = super::wire::scope(&spec.selector, &spec.target_ref, &spec.target_refs)?;
     let mut rules = Vec::new();
     for (i, r) in spec.jwt_rules.iter().enumerate() {
         let f = |field: &str| format!("spec.jwtRules[{i}].{field}");

@@ -319,17 +319,15 @@ fn condition(path: &str, c: &ConditionWire) -> Result<Condition, Invalid> {
     })
 }
 
-pub fn authorization_policy(
-    namespace: &str,
-    name: &str,
-    annotations: &BTreeMap<String, String>,
-    spec: &AuthorizationPolicySpec,
-) -> Result<AuthorizationPolicy, Invalid> {
-    let mut refs: Vec<&PolicyTargetRef> = spec.target_refs.iter().flatten().collect();
-    if let Some(r) = &spec.target_ref {
-        refs.push(r);
-    }
-    let scope = match (&spec.selector, refs.is_empty()) {
+/// Where a policy applies: a selector, targetRefs (waypoints), or the whole namespace.
+pub fn scope(
+    selector: &Option<WorkloadSelector>,
+    target_ref: &Option<PolicyTargetRef>,
+    target_refs: &Option<Vec<PolicyTargetRef>>,
+) -> Result<Scope, Invalid> {
+    let mut refs: Vec<&PolicyTargetRef> = target_refs.iter().flatten().collect();
+    refs.extend(target_ref.as_ref());
+    Ok(match (selector, refs.is_empty()) {
         (Some(_), false) => return err("spec.selector", "cannot be combined with spec.targetRefs"),
         (Some(sel), true) => Scope::Selector(sel.match_labels.clone()),
         (None, true) => Scope::Namespace,
@@ -342,7 +340,16 @@ pub fn authorization_policy(
                 })
                 .collect(),
         ),
-    };
+    })
+}
+
+pub fn authorization_policy(
+    namespace: &str,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+    spec: &AuthorizationPolicySpec,
+) -> Result<AuthorizationPolicy, Invalid> {
+    let scope = scope(&spec.selector, &spec.target_ref, &spec.target_refs)?;
     let action = match spec.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
