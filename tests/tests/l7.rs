@@ -68,8 +68,8 @@ spec:
     )
 }
 
-/// Applies `yaml` and waits until the waypoint has loaded exactly `vs` VirtualServices
-/// with these `marker` contents (compared through its config dump).
+/// Applies `yaml` and waits until the waypoint's config dump shows as many VirtualServices
+/// and DestinationRules as it holds.
 fn apply(mesh: &mut Mesh, yaml: &str) {
     mesh.extra_yaml = yaml.to_string();
     mesh.write_config().unwrap();

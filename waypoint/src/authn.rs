@@ -269,7 +269,7 @@ async fn verify(jwks: &Jwks, rule: &JwtRule, token: &str) -> Result<Value, Strin
 /// and writes claims to headers as the rule asks.
 pub async fn authenticate<B>(
     jwks: &Jwks,
-    policies: &[Arc<RequestAuthentication>],
+    policies: &[&Arc<RequestAuthentication>],
     req: &mut Request<B>,
 ) -> Result<Option<Authenticated>, Local> {
     let rules: Vec<&JwtRule> = policies.iter().flat_map(|p| &p.rules).collect();

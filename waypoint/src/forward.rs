@@ -105,7 +105,6 @@ impl Plan {
     /// Plans a request addressed to one workload (no service routing applies).
     pub fn to_workload(
         inputs: &Inputs,
-        _state: &MeshState,
         w: &Arc<Workload>,
         port: u16,
         route: Option<&HttpRoute>,

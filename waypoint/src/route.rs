@@ -235,7 +235,7 @@ async fn route(
         let Target::Workload(w) = target else {
             unreachable!()
         };
-        let plan = Plan::to_workload(inputs, &state, &w, down.authority.port(), None)?;
+        let plan = Plan::to_workload(inputs, &w, down.authority.port(), None)?;
         return forward::forward(inputs, &state, plan, req, rec).await;
     };
     let host = svc.hostname(state.cluster_domain());
@@ -299,18 +299,14 @@ async fn route(
         }
         if let Some((abort, fraction)) = &fault.abort {
             if chance(*fraction) {
-                let mut l = match abort {
+                return Err(match abort {
                     Abort::Http(s) => Local::new(*s, "FI", "fault filter abort"),
                     Abort::Grpc(code) => {
                         let mut l = Local::new(StatusCode::OK, "FI", "fault filter abort");
                         l.grpc = Some(*code);
                         l
                     }
-                };
-                if let Abort::Grpc(_) = abort {
-                    l.status = StatusCode::OK;
-                }
-                return Err(l);
+                });
             }
         }
     }
@@ -373,7 +369,7 @@ fn chance(fraction: f64) -> bool {
 }
 
 /// Relative weights: each destination's share is its weight over the sum.
-fn pick_weighted(dests: &[WeightedDestination]) -> &WeightedDestination {
+pub(crate) fn pick_weighted(dests: &[WeightedDestination]) -> &WeightedDestination {
     let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
     if total == 0 || dests.len() == 1 {
         return &dests[0];

@@ -7,11 +7,10 @@ use lanyard_core::hbone::H2Io;
 use lanyard_core::policy::authz::{evaluate, Request as AuthzRequest};
 use lanyard_core::state::{MeshState, Waypoint};
 use lanyard_core::traffic::virtual_service::{Destination, WeightedDestination};
-use rand::Rng;
 use tracing::debug;
 
 use crate::forward::Plan;
-use crate::route::{Downstream, Inputs, Target};
+use crate::route::{pick_weighted, Downstream, Inputs, Target};
 
 pub async fn forward(
     inputs: &Inputs,
@@ -47,7 +46,7 @@ pub async fn forward(
     }
     let port = down.authority.port();
     let plan = match target {
-        Target::Workload(w) => Plan::to_workload(inputs, state, w, port, None),
+        Target::Workload(w) => Plan::to_workload(inputs, w, port, None),
         Target::Service(s) => {
             let host = s.hostname(state.cluster_domain());
             let labels = match &down.src_ip {
@@ -57,9 +56,9 @@ pub async fn forward(
             let routed = state
                 .virtual_service_for(&host)
                 .and_then(|vs| vs.tcp_route(port, labels))
-                .map(|r| r.route.clone());
+                .map(|r| pick_weighted(&r.route).clone());
             let wd = match routed {
-                Some(ds) => pick(&ds),
+                Some(wd) => wd,
                 None => WeightedDestination {
                     destination: Destination {
                         host,
@@ -92,16 +91,4 @@ pub async fn forward(
         Ok((up, down)) => debug!(up, down, %addr, "TCP connection done"),
         Err(e) => debug!(%addr, "TCP connection failed: {e}"),
     }
-}
-
-fn pick(ds: &[WeightedDestination]) -> WeightedDestination {
-    let total: u64 = ds.iter().map(|d| u64::from(d.weight)).sum();
-    let mut n = rand::rng().random_range(0..total.max(1));
-    for d in ds {
-        if n < u64::from(d.weight) {
-            return d.clone();
-        }
-        n -= u64::from(d.weight);
-    }
-    ds[0].clone()
 }

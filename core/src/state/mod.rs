@@ -85,6 +85,8 @@ pub struct MeshState {
     virtual_services: Vec<Arc<VirtualService>>,
     request_authns: Vec<Arc<RequestAuthentication>>,
     destination_rules: Vec<Arc<DestinationRule>>,
+    /// Per-request lookups of the waypoint, computed once per state (see `traffic.rs`).
+    traffic_index: traffic::TrafficIndex,
 }
 
 // === impl MeshState ===
@@ -180,6 +182,7 @@ impl MeshState {
             .values()
             .map(|s| (s.hostname(&state.cluster_domain), s.clone()))
             .collect();
+        state.traffic_index = state.index_traffic();
         state.warnings.extend(state.traffic_warnings());
         state.endpoints = state.compute_endpoints();
         state.applicable_l4 = state

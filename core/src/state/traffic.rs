@@ -1,6 +1,7 @@
 //! Traffic objects in the mesh state: which VirtualService and DestinationRule govern a host,
 //! which endpoints a subset selects, and which waypoint a service or workload uses.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Endpoint, MeshState, Service, Workload};
@@ -22,13 +23,92 @@ pub struct Waypoint {
     pub name: String,
 }
 
+/// What a waypoint looks up per request, indexed once per state.
+#[derive(Debug, Default)]
+pub(super) struct TrafficIndex {
+    hosts: HashMap<String, HostTraffic>,
+    authz: TargetIndex<AuthorizationPolicy>,
+    authn: TargetIndex<RequestAuthentication>,
+}
+
+#[derive(Debug)]
+struct HostTraffic {
+    virtual_service: Option<Arc<VirtualService>>,
+    destination_rules: Vec<Arc<DestinationRule>>,
+}
+
+/// The kinds a waypoint policy's targetRefs may name; others never apply to a waypoint.
+const TARGET_KINDS: [&str; 3] = ["GatewayClass", "Gateway", "Service"];
+
+/// Policies naming one object, per kind (in `TARGET_KINDS` order).
+type ByKind<P> = [Vec<Arc<P>>; 3];
+
+/// Policies by the object their targetRefs name: namespace → name → per kind.
+#[derive(Debug)]
+struct TargetIndex<P> {
+    by_ns: HashMap<String, HashMap<String, ByKind<P>>>,
+}
+
+impl<P> Default for TargetIndex<P> {
+    fn default() -> Self {
+        TargetIndex {
+            by_ns: HashMap::new(),
+        }
+    }
+}
+
+// === impl TargetIndex ===
+
+impl<P> TargetIndex<P> {
+    fn insert(&mut self, ns: &str, kind: &str, name: &str, p: &Arc<P>) {
+        let Some(k) = TARGET_KINDS.iter().position(|t| *t == kind) else {
+            return;
+        };
+        let list = &mut self
+            .by_ns
+            .entry(ns.to_string())
+            .or_default()
+            .entry(name.to_string())
+            .or_default()[k];
+        // A policy naming the same target twice still applies once.
+        if !list.iter().any(|q| Arc::ptr_eq(q, p)) {
+            list.push(p.clone());
+        }
+    }
+
+    fn get(&self, ns: &str, kind: usize, name: &str) -> &[Arc<P>] {
+        self.by_ns
+            .get(ns)
+            .and_then(|by_name| by_name.get(name))
+            .map_or(&[], |kinds| &kinds[kind])
+    }
+
+    /// The root namespace's GatewayClass policies, the waypoint's Gateway policies, then the
+    /// service's.
+    fn for_waypoint(&self, root: &str, waypoint: &Waypoint, svc: Option<&Service>) -> Vec<&Arc<P>> {
+        let mut out: Vec<&Arc<P>> = self.get(root, 0, "istio-waypoint").iter().collect();
+        out.extend(self.get(&waypoint.namespace, 1, &waypoint.name));
+        if let Some(svc) = svc {
+            out.extend(self.get(&svc.namespace, 2, &svc.name));
+        }
+        out
+    }
+}
+
 // === impl MeshState (traffic) ===
 
 impl MeshState {
     /// The VirtualService routing `host` (fully qualified). When several claim it, the most
-    /// specific host wins, then one in the service's own namespace, then the first by name;
-    /// the conflict is reported as a warning when the state is built.
+    /// specific host wins, then one in the service's own namespace, then the first by name.
+    /// Service hosts are answered from the index built with the state.
     pub fn virtual_service_for(&self, host: &str) -> Option<&Arc<VirtualService>> {
+        match self.traffic_index.hosts.get(host) {
+            Some(t) => t.virtual_service.as_ref(),
+            None => self.find_virtual_service(host),
+        }
+    }
+
+    fn find_virtual_service(&self, host: &str) -> Option<&Arc<VirtualService>> {
         let svc_ns = self.by_host.get(host).map(|s| s.namespace.as_str());
         self.virtual_services
             .iter()
@@ -58,8 +138,13 @@ impl MeshState {
         proxy_ns: &str,
     ) -> Option<&Arc<DestinationRule>> {
         let svc_ns = self.by_host.get(host).map(|s| s.namespace.as_str());
+        // Service hosts: only the rules that match them, found once per state.
+        let candidates = match self.traffic_index.hosts.get(host) {
+            Some(t) => &t.destination_rules[..],
+            None => &self.destination_rules[..],
+        };
         let best_in = |ns: &str| {
-            self.destination_rules
+            candidates
                 .iter()
                 .filter(|d| d.namespace == ns && d.host.matches(host))
                 .max_by_key(|d| d.host.specificity())
@@ -67,6 +152,48 @@ impl MeshState {
         best_in(proxy_ns)
             .or_else(|| svc_ns.and_then(best_in))
             .or_else(|| best_in(&self.root_namespace))
+    }
+
+    /// Indexes what a waypoint looks up per request: per service host, its VirtualService and
+    /// the DestinationRules matching it; per target, the policies whose targetRefs name it.
+    pub(super) fn index_traffic(&self) -> TrafficIndex {
+        let hosts = self
+            .by_host
+            .keys()
+            .map(|host| {
+                let t = HostTraffic {
+                    virtual_service: self.find_virtual_service(host).cloned(),
+                    destination_rules: self
+                        .destination_rules
+                        .iter()
+                        .filter(|d| d.host.matches(host))
+                        .cloned()
+                        .collect(),
+                };
+                (host.clone(), t)
+            })
+            .collect();
+        let mut authz = TargetIndex::default();
+        for p in self.authz.values().flatten() {
+            if let Scope::TargetRefs(refs) = &p.scope {
+                for r in refs {
+                    authz.insert(&p.namespace, &r.kind, &r.name, p);
+                }
+            }
+        }
+        let mut authn = TargetIndex::default();
+        for p in &self.request_authns {
+            if let Scope::TargetRefs(refs) = &p.scope {
+                for r in refs {
+                    authn.insert(&p.namespace, &r.kind, &r.name, p);
+                }
+            }
+        }
+        TrafficIndex {
+            hosts,
+            authz,
+            authn,
+        }
     }
 
     /// Ready endpoints of `svc`'s `port` whose workloads carry all of `labels`.
@@ -128,53 +255,21 @@ impl MeshState {
         &self,
         waypoint: &Waypoint,
         svc: Option<&Service>,
-    ) -> Vec<Arc<AuthorizationPolicy>> {
-        let targets = |ns: &str| self.authz.get(ns).into_iter().flatten();
-        let names = |p: &AuthorizationPolicy, kind: &str, name: &str| match &p.scope {
-            Scope::TargetRefs(refs) => refs.iter().any(|r| r.kind == kind && r.name == name),
-            _ => false,
-        };
-        let mut out: Vec<Arc<AuthorizationPolicy>> = targets(&self.root_namespace)
-            .filter(|p| names(p, "GatewayClass", "istio-waypoint"))
-            .cloned()
-            .collect();
-        out.extend(
-            targets(&waypoint.namespace)
-                .filter(|p| names(p, "Gateway", &waypoint.name))
-                .cloned(),
-        );
-        if let Some(svc) = svc {
-            out.extend(
-                targets(&svc.namespace)
-                    .filter(|p| names(p, "Service", &svc.name))
-                    .cloned(),
-            );
-        }
-        out
+    ) -> Vec<&Arc<AuthorizationPolicy>> {
+        self.traffic_index
+            .authz
+            .for_waypoint(&self.root_namespace, waypoint, svc)
     }
 
-    /// The RequestAuthentications a waypoint applies for traffic to `svc`: targetRefs to the
-    /// Service, the waypoint's Gateway, or (root namespace) the waypoint GatewayClass.
+    /// The RequestAuthentications a waypoint applies for traffic to `svc`, by the same rule.
     pub fn waypoint_request_authns(
         &self,
         waypoint: &Waypoint,
         svc: Option<&Service>,
-    ) -> Vec<Arc<RequestAuthentication>> {
-        let targets = |r: &RequestAuthentication, kind: &str, name: &str| match &r.scope {
-            Scope::TargetRefs(refs) => refs.iter().any(|t| t.kind == kind && t.name == name),
-            _ => false,
-        };
-        self.request_authns
-            .iter()
-            .filter(|r| {
-                (r.namespace == self.root_namespace && targets(r, "GatewayClass", "istio-waypoint"))
-                    || (r.namespace == waypoint.namespace && targets(r, "Gateway", &waypoint.name))
-                    || svc.is_some_and(|s| {
-                        r.namespace == s.namespace && targets(r, "Service", &s.name)
-                    })
-            })
-            .cloned()
-            .collect()
+    ) -> Vec<&Arc<RequestAuthentication>> {
+        self.traffic_index
+            .authn
+            .for_waypoint(&self.root_namespace, waypoint, svc)
     }
 
     pub fn virtual_services(&self) -> &[Arc<VirtualService>] {

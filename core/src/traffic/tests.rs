@@ -283,3 +283,42 @@ spec: {host: backend.demo.svc.cluster.local, subsets: [{name: v1, labels: {versi
         w[0]
     );
 }
+
+#[test]
+fn waypoint_policies_are_found_by_target_once_each() {
+    use crate::config::{parse_documents, Store};
+    use crate::state::{MeshState, Settings, Waypoint};
+    let policy = |ns: &str, name: &str, refs: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{targetRefs: [{refs}]}}\n"
+        )
+    };
+    let yaml = [
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: backend, namespace: demo}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n".to_string(),
+        policy("istio-system", "mesh", "{kind: GatewayClass, name: istio-waypoint}"),
+        policy("demo", "gw", "{kind: Gateway, name: waypoint}"),
+        policy("demo", "svc", "{kind: Service, name: backend}, {kind: Service, name: backend}"),
+        policy("demo", "other-svc", "{kind: Service, name: frontend}"),
+        policy("other", "same-name", "{kind: Service, name: backend}"),
+    ]
+    .concat();
+    let snap = Store::default().update(parse_documents(&yaml).unwrap());
+    assert!(snap.rejections.is_empty(), "{:?}", snap.rejections);
+    let s = MeshState::build(snap, &Settings::default());
+    let svc = s
+        .service_by_host("backend.demo.svc.cluster.local")
+        .unwrap()
+        .clone();
+    let wp = Waypoint {
+        namespace: "demo".into(),
+        name: "waypoint".into(),
+    };
+    let names = |ps: Vec<&std::sync::Arc<crate::policy::authz::AuthorizationPolicy>>| {
+        ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(s.waypoint_policies(&wp, Some(&svc))),
+        ["mesh", "gw", "svc"]
+    );
+    assert_eq!(names(s.waypoint_policies(&wp, None)), ["mesh", "gw"]);
+}
