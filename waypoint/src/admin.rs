@@ -50,7 +50,7 @@ fn route(s: &AdminState, path: &str) -> Response<Full<Bytes>> {
             let state = s.inputs.state.borrow().clone();
             let c = &s.inputs.config;
             let mut dump = state.dump();
-            dump["waypoint"] = json!({"name": c.name, "namespace": c.namespace, "identity": c.identity.to_string()});
+            dump["waypoint"] = json!({"name": c.waypoint.name, "namespace": c.waypoint.namespace, "identity": c.identity.to_string()});
             dump["virtualServices"] = state
                 .virtual_services()
                 .iter()

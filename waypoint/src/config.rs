@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use lanyard_core::hbone;
 use lanyard_core::identity::Identity;
+use lanyard_core::state::Waypoint;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "lanyard-waypoint", about = "Lanyard's per-namespace L7 proxy")]
@@ -48,8 +49,8 @@ pub struct Args {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub name: String,
-    pub namespace: String,
+    /// This waypoint as `istio.io/use-waypoint` names it (policies target it by name).
+    pub waypoint: Waypoint,
     pub identity: Identity,
     pub config_file: PathBuf,
     pub trust_domain: String,
@@ -76,8 +77,10 @@ impl From<Args> for Config {
     fn from(a: Args) -> Self {
         Config {
             identity: Identity::new(&a.trust_domain, &a.namespace, &a.service_account),
-            name: a.name,
-            namespace: a.namespace,
+            waypoint: Waypoint {
+                name: a.name,
+                namespace: a.namespace,
+            },
             config_file: a.config,
             trust_domain: a.trust_domain,
             cluster_domain: a.cluster_domain,

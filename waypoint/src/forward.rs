@@ -62,7 +62,7 @@ impl Plan {
             )
         })?;
         let port = resolve_port(svc, d, dialed_port)?;
-        let dr = state.destination_rule_for(&d.host, &inputs.config.namespace);
+        let dr = state.destination_rule_for(&d.host, &inputs.config.waypoint.namespace);
         let empty = Default::default();
         let (labels, policy) = match &d.subset {
             Some(name) => {

@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use lanyard_core::hbone::{self, H2Io, InboundRequest};
 use lanyard_core::identity::Identity;
-use lanyard_core::state::{Protocol, Waypoint};
+use lanyard_core::state::Protocol;
 use lanyard_core::tls;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, warn, Instrument};
@@ -95,14 +95,10 @@ async fn tunnel(inputs: Arc<Inputs>, peer: SocketAddr, src_id: Identity, req: In
     });
     match protocol {
         Protocol::Tcp => {
-            let waypoint = Waypoint {
-                namespace: inputs.config.namespace.clone(),
-                name: inputs.config.name.clone(),
-            };
             tcp::forward(
                 &inputs,
                 &state,
-                &waypoint,
+                &inputs.config.waypoint,
                 &target,
                 &down,
                 H2Io::new(stream),

@@ -107,7 +107,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         inputs,
         secrets,
     ));
-    info!(name = %config.name, namespace = %config.namespace, identity = %config.identity, "lanyard-waypoint ready");
+    info!(name = %config.waypoint.name, namespace = %config.waypoint.namespace, identity = %config.identity, "lanyard-waypoint ready");
 
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {

@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use hyper::body::Incoming;
 use lanyard_core::identity::Identity;
 use lanyard_core::policy::authz::{evaluate, HttpAttrs, Request as AuthzRequest};
-use lanyard_core::state::{MeshState, Service, Waypoint, Workload};
+use lanyard_core::state::{MeshState, Service, Workload};
 use lanyard_core::traffic::virtual_service::{
     Abort, Cors, HeaderOps, HttpRoute, RequestView, RouteAction, StrMatch, WeightedDestination,
 };
@@ -177,17 +177,14 @@ async fn route(
     }
 
     // Authorization sees the real client: the tunnel's peer identity and address.
-    let waypoint = Waypoint {
-        namespace: config.namespace.clone(),
-        name: config.name.clone(),
-    };
-    let authns = state.waypoint_request_authns(&waypoint, svc.as_deref());
+    let waypoint = &config.waypoint;
+    let authns = state.waypoint_request_authns(waypoint, svc.as_deref());
     let user = if authns.is_empty() {
         None
     } else {
         crate::authn::authenticate(&inputs.jwks, &authns, &mut req).await?
     };
-    let policies = state.waypoint_policies(&waypoint, svc.as_deref());
+    let policies = state.waypoint_policies(waypoint, svc.as_deref());
     if !policies.is_empty() {
         let principal = down.src_id.principal();
         let headers: Vec<(&str, &str)> = req
