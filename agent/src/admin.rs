@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::{self, Peer, ProxyInputs};
+use crate::proxy::{Peer, ProxyInputs};
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -154,9 +154,8 @@ fn explain(s: &AdminState, query: &str) -> Response<Body> {
         ip: src.into(),
         identity: identity.clone(),
     };
-    let result = proxy::check(
-        &state,
-        s.inputs.config.mtls_mode,
+    let result = state.admit_inbound(
+        s.inputs.config.mtls_mode.into(),
         w,
         &peer,
         SocketAddr::from((dst, port)),

@@ -1,5 +1,6 @@
 //! Authorization end to end: PeerAuthentication and AuthorizationPolicy enforced by the agents.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lanyard_e2e::{metric, wait_for, Mesh, PodSpec};
@@ -213,5 +214,42 @@ fn explain_matches_the_agents_real_decision() {
             allowed,
             "explain agrees with the data path"
         );
+        // lanyardctl, from the agent's config file and from the running agent.
+        let ctl = lanyard_e2e::bin_dir().join("lanyardctl");
+        let config = mesh.config_path();
+        let offline = Command::new(&ctl)
+            .args(["explain", "-o", "json", "-f"])
+            .arg(&config)
+            .args([
+                "--from",
+                &format!("demo/{client}"),
+                "--to",
+                "demo/server:8080",
+            ])
+            .output()
+            .unwrap();
+        let live = Command::new("ip")
+            .args(["netns", "exec", &mesh.nodes[1].netns])
+            .arg(&ctl)
+            .args(["explain", "-o", "json", "--agent", "127.0.0.1:15000"])
+            .args([
+                "--from",
+                &src.to_string(),
+                "--to",
+                &format!("{server}:8080"),
+            ])
+            .output()
+            .unwrap();
+        for (how, out) in [("offline", offline), ("live", live)] {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{how}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+            assert_eq!(v["allowed"], allowed, "{how}: {v}");
+            assert_eq!(v["steps"][0]["decidedBy"], "demo/allow-a", "{how}: {v}");
+            assert_eq!(
+                out.status.code(),
+                Some(if allowed { 0 } else { 1 }),
+                "{how}"
+            );
+        }
     }
 }

@@ -270,7 +270,7 @@ spec:
     let dump = mesh.waypoint_config_dump("demo").unwrap();
     let warnings = dump["warnings"].to_string();
     assert!(
-        warnings.contains("IST0101") && warnings.contains("\\\"v3\\\""),
+        warnings.contains("IST0101") && warnings.contains("+v3\\\""),
         "{warnings}"
     );
 

@@ -68,6 +68,11 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(Metrics::new(&registry)?);
+    lanyard_waypoint::metrics::register_info(
+        &registry,
+        &format!("{}/{}", config.waypoint.namespace, config.waypoint.name),
+        &config.identity.to_string(),
+    )?;
     let inputs = Arc::new(Inputs {
         config: config.clone(),
         state: state_rx.clone(),

@@ -85,6 +85,22 @@ fn or_unknown(s: &str) -> &str {
     }
 }
 
+/// `lanyard_waypoint_info{waypoint, principal} 1`: who this waypoint is, so that tools
+/// reading agents' metrics (`lanyardctl topology`) can tell hops through it from app traffic.
+pub fn register_info(
+    registry: &Registry,
+    waypoint: &str,
+    principal: &str,
+) -> Result<(), prometheus::Error> {
+    let info = IntGaugeVec::new(
+        Opts::new("lanyard_waypoint_info", "This waypoint's name and identity"),
+        &["waypoint", "principal"],
+    )?;
+    registry.register(Box::new(info.clone()))?;
+    info.with_label_values(&[waypoint, principal]).set(1);
+    Ok(())
+}
+
 // === impl Metrics ===
 
 impl Metrics {

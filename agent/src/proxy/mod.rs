@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use lanyard_core::ca::CaClient;
 use lanyard_core::hbone;
 use lanyard_core::identity::Identity;
-use lanyard_core::policy::authz::{Decision, Request};
+use lanyard_core::policy::authz::Decision;
 use lanyard_core::secrets::{self, SecretManager};
+pub use lanyard_core::state::{Denial, Peer};
 use lanyard_core::state::{MeshState, Workload};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -33,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::capture::maps::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::capture::netns::Netns;
 use crate::capture::{self, Capture};
-use crate::config::{Config, MtlsMode};
+use crate::config::Config;
 use crate::metrics::{ConnInfo, Metrics};
 use crate::socket;
 
@@ -140,14 +141,6 @@ pub struct PodCtx {
     live: Mutex<HashMap<u64, LiveConn>>,
 }
 
-/// Who is connecting, as policy sees it.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub ip: IpAddr,
-    /// None for plaintext.
-    pub identity: Option<Identity>,
-}
-
 struct LiveConn {
     peer: Peer,
     dst: SocketAddr,
@@ -171,14 +164,6 @@ impl Drop for Tracked<'_> {
     }
 }
 
-/// Why a connection is refused or closed by policy.
-#[derive(Debug)]
-pub struct Denial {
-    pub policy: String,
-    pub detail: String,
-    pub reason: &'static str,
-}
-
 impl PodCtx {
     /// The pod as the state now knows it (labels can change after enrollment).
     fn current<'s>(&'s self, state: &'s MeshState) -> &'s Workload {
@@ -195,52 +180,12 @@ impl PodCtx {
         peer: &Peer,
         dst: SocketAddr,
     ) -> Result<Decision, Denial> {
-        check(
-            state,
-            self.inputs.config.mtls_mode,
+        state.admit_inbound(
+            self.inputs.config.mtls_mode.into(),
             self.current(state),
             peer,
             dst,
         )
-    }
-}
-
-/// The decision for a connection from `peer` to `w` at `dst`: PeerAuthentication for
-/// plaintext, then AuthorizationPolicy, as the node agent enforces them. The data path and
-/// `/explain` both call this.
-pub fn check(
-    state: &MeshState,
-    default: MtlsMode,
-    w: &Workload,
-    peer: &Peer,
-    dst: SocketAddr,
-) -> Result<Decision, Denial> {
-    if peer.identity.is_none() && state.is_strict(w, dst.port(), default.into()) {
-        return Err(Denial {
-            policy: "PeerAuthentication".into(),
-            detail: "plaintext refused: STRICT mTLS".into(),
-            reason: "strict_mtls",
-        });
-    }
-    let principal = peer.identity.as_ref().map(Identity::principal);
-    let req = Request {
-        principal: principal.as_deref(),
-        source_namespace: peer.identity.as_ref().map(Identity::namespace),
-        source_service_account: peer.identity.as_ref().map(Identity::service_account),
-        source_ip: peer.ip,
-        destination_ip: dst.ip(),
-        destination_port: dst.port(),
-        http: None,
-    };
-    let d = state.authorize_l4(w, &req);
-    if d.allowed {
-        Ok(d)
-    } else {
-        Err(Denial {
-            policy: d.policy(),
-            detail: d.reason.to_string(),
-            reason: "authorization",
-        })
     }
 }
 

@@ -2,6 +2,8 @@
 //! path. A `MeshState` is immutable once built; updates build a new one off to the side and
 //! publish it whole (`watch::Sender<Arc<MeshState>>`), so readers never wait on a writer.
 
+mod admit;
+mod analysis;
 mod service;
 mod traffic;
 mod workload;
@@ -12,13 +14,15 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+pub use admit::{Denial, Peer};
+pub use analysis::{Code, Finding, Level, ALL_CODES};
 pub use service::{Protocol, Service, ServicePort, TargetPort};
 pub use traffic::{Waypoint, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL};
 pub use workload::{Workload, DATAPLANE_MODE_LABEL};
 
 use crate::config::{Rejection, Resource, Snapshot};
 use crate::policy::authn::RequestAuthentication;
-use crate::policy::authz::{applies_to, evaluate, Action, AuthorizationPolicy, Decision, Request};
+use crate::policy::authz::{applies_to, evaluate, AuthorizationPolicy, Decision, Request};
 use crate::policy::peer::{self, MtlsMode, PeerAuthentication};
 use crate::traffic::{DestinationRule, VirtualService};
 
@@ -78,7 +82,9 @@ pub struct MeshState {
     /// Workload UID -> the L4 policies that apply to it.
     applicable_l4: HashMap<String, Arc<[Arc<AuthorizationPolicy>]>>,
     peer_auth: Vec<PeerAuthentication>,
-    /// Accepted objects that do not do all they say (reported, not rejected).
+    /// What the analyzers found (`analysis.rs`), rejections included.
+    findings: Vec<Finding>,
+    /// The findings other than rejections, in log form.
     warnings: Vec<String>,
     /// Services by fully-qualified host name.
     by_host: HashMap<String, Arc<Service>>,
@@ -122,20 +128,8 @@ impl MeshState {
                         .insert((s.namespace.clone(), s.name.clone()), s);
                 }
                 Resource::AuthorizationPolicy(p) => {
-                    let l4 = match p.for_l4() {
-                        Some((l4, warning)) => {
-                            state.warnings.push(warning);
-                            Arc::new(l4)
-                        }
-                        // Unchanged: share it rather than copy it.
-                        None => p.clone(),
-                    };
-                    if p.action == Action::Custom {
-                        state.warnings.push(format!(
-                            "AuthorizationPolicy {}/{}: CUSTOM is not enforced by the node agent",
-                            p.namespace, p.name
-                        ));
-                    }
+                    // Unchanged (the common case): share it rather than copy it.
+                    let l4 = p.for_l4().map_or_else(|| p.clone(), |(l4, _)| Arc::new(l4));
                     state
                         .authz_l4
                         .entry(p.namespace.clone())
@@ -143,38 +137,10 @@ impl MeshState {
                         .push(l4);
                     state.authz.entry(p.namespace.clone()).or_default().push(p);
                 }
-                Resource::PeerAuthentication(p) => {
-                    state.warnings.extend(p.warning());
-                    state.peer_auth.push((*p).clone());
-                }
-                Resource::RequestAuthentication(r) => {
-                    if !matches!(r.scope, crate::policy::authz::Scope::TargetRefs(_)) {
-                        state.warnings.push(format!(
-                            "RequestAuthentication {}/{}: only targetRefs policies are enforced (at waypoints); node agents do not see requests",
-                            r.namespace, r.name
-                        ));
-                    }
-                    state.request_authns.push(r);
-                }
-                Resource::VirtualService(v) => {
-                    let name = format!("VirtualService {}/{}", v.namespace, v.name);
-                    state
-                        .warnings
-                        .extend(v.warnings.iter().map(|w| format!("{name}: {w}")));
-                    if v.has_fault() {
-                        state.warnings.push(format!(
-                            "{name}: fault injection is active; remove it when the test is over"
-                        ));
-                    }
-                    state.virtual_services.push(v);
-                }
-                Resource::DestinationRule(d) => {
-                    let name = format!("DestinationRule {}/{}", d.namespace, d.name);
-                    state
-                        .warnings
-                        .extend(d.warnings.iter().map(|w| format!("{name}: {w}")));
-                    state.destination_rules.push(d);
-                }
+                Resource::PeerAuthentication(p) => state.peer_auth.push((*p).clone()),
+                Resource::RequestAuthentication(r) => state.request_authns.push(r),
+                Resource::VirtualService(v) => state.virtual_services.push(v),
+                Resource::DestinationRule(d) => state.destination_rules.push(d),
             }
         }
         state.by_host = state
@@ -183,12 +149,18 @@ impl MeshState {
             .map(|s| (s.hostname(&state.cluster_domain), s.clone()))
             .collect();
         state.traffic_index = state.index_traffic();
-        state.warnings.extend(state.traffic_warnings());
         state.endpoints = state.compute_endpoints();
         state.applicable_l4 = state
             .workloads
             .values()
             .map(|w| (w.uid.clone(), state.applicable_l4_for(w)))
+            .collect();
+        state.findings = state.analyze();
+        state.warnings = state
+            .findings
+            .iter()
+            .filter(|f| f.code != analysis::SCHEMA_VALIDATION_ERROR)
+            .map(Finding::to_string)
             .collect();
         state
     }
@@ -299,6 +271,22 @@ impl MeshState {
 
     pub fn workload_by_ip(&self, ip: Ipv4Addr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip)
+    }
+
+    /// Every workload, by UID.
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads
+            .values()
+            .find(|w| w.namespace == namespace && w.name == name)
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use super::{Endpoint, MeshState, Service, Workload};
 use crate::policy::authn::RequestAuthentication;
 use crate::policy::authz::{AuthorizationPolicy, Scope};
-use crate::traffic::virtual_service::{Destination, RouteAction};
 use crate::traffic::{DestinationRule, VirtualService};
 
 /// `istio.io/use-waypoint` on a namespace, service or pod names the waypoint its traffic goes
@@ -224,7 +223,7 @@ impl MeshState {
         self.waypoint_from_labels(&w.labels, &w.namespace)
     }
 
-    fn waypoint_from_labels(
+    pub(super) fn waypoint_from_labels(
         &self,
         labels: &std::collections::BTreeMap<String, String>,
         namespace: &str,
@@ -278,40 +277,5 @@ impl MeshState {
 
     pub fn destination_rules(&self) -> &[Arc<DestinationRule>] {
         &self.destination_rules
-    }
-
-    /// Findings about traffic objects that are valid alone but wrong together, in the words
-    /// of Istio's analyzers.
-    pub(super) fn traffic_warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for v in &self.virtual_services {
-            let name = format!("VirtualService {}/{}", v.namespace, v.name);
-            let mut dests: Vec<(String, &Destination)> = Vec::new();
-            for (i, r) in v.http.iter().enumerate() {
-                if let RouteAction::Forward(ds) = &r.action {
-                    for (j, d) in ds.iter().enumerate() {
-                        dests.push((format!("spec.http[{i}].route[{j}]"), &d.destination));
-                    }
-                }
-            }
-            for (i, r) in v.tcp.iter().enumerate() {
-                for (j, d) in r.route.iter().enumerate() {
-                    dests.push((format!("spec.tcp[{i}].route[{j}]"), &d.destination));
-                }
-            }
-            for (field, d) in dests {
-                let Some(subset) = &d.subset else { continue };
-                let defined = self
-                    .destination_rule_for(&d.host, &v.namespace)
-                    .is_some_and(|dr| dr.subset(subset).is_some());
-                if !defined {
-                    out.push(format!(
-                        "{name}: {field}.destination: subset {subset:?} of host {} is not defined by any DestinationRule (IST0101); requests routed to it get 503 NR",
-                        d.host
-                    ));
-                }
-            }
-        }
-        out
     }
 }

@@ -274,11 +274,11 @@ spec: {host: backend.demo.svc.cluster.local, subsets: [{name: v1, labels: {versi
     let w: Vec<_> = s
         .warnings()
         .iter()
-        .filter(|w| w.contains("IST0101"))
+        .filter(|w| w.contains("IST0101") && w.contains("host+subset"))
         .collect();
     assert_eq!(w.len(), 1, "{:?}", s.warnings());
     assert!(
-        w[0].contains("spec.http[0].route[1].destination") && w[0].contains("\"v3\""),
+        w[0].contains("spec.http[0].route[1].destination.subset") && w[0].contains("+v3\""),
         "{}",
         w[0]
     );
