@@ -225,6 +225,11 @@ pub fn run(keep: bool) -> Result<()> {
 
     demo_l7::run(&mut mesh, &mut steps, &idp);
 
+    steps.run(
+        "lanyardctl topology: the service graph from the agents' and the waypoint's metrics",
+        || topology(&mesh),
+    );
+
     eprintln!();
     eprintln!("| step | result |\n|---|---|");
     for (name, ok, _) in &steps.results {
@@ -250,6 +255,75 @@ pub fn run(keep: bool) -> Result<()> {
         bail!("{failed} demo step(s) failed");
     }
     Ok(())
+}
+
+/// Runs the built `lanyardctl`; returns its exit code and JSON output.
+pub fn lanyardctl(args: &[&str]) -> Result<(Option<i32>, serde_json::Value)> {
+    let bin = lanyard_e2e::bin_dir().join("lanyardctl");
+    let out = std::process::Command::new(&bin).args(args).output()?;
+    let v = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "lanyardctl {}: {e}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((out.status.code(), v))
+}
+
+/// Writes each node agent's and the waypoint's metrics to files (they listen inside their
+/// network namespaces) and draws the graph from them; checks the edges the demo's traffic
+/// must have made.
+fn topology(mesh: &Mesh) -> Result<String> {
+    // Kept after the demo ends, unlike the mesh's own directory.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/demo");
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let mut args: Vec<String> = vec!["topology".into(), "-o".into(), "json".into()];
+    let texts = [
+        ("node0", mesh.metrics(0)?),
+        ("node1", mesh.metrics(1)?),
+        ("waypoint", mesh.waypoint_metrics("todo")?),
+    ];
+    for (name, text) in texts {
+        let path = dir.join(format!("metrics-{name}.txt"));
+        std::fs::write(&path, text)?;
+        args.extend(["--metrics-file".into(), path.to_string_lossy().into_owned()]);
+    }
+    let (dot, svg) = (dir.join("topology.dot"), dir.join("topology.svg"));
+    args.extend(["--dot".into(), dot.to_string_lossy().into_owned()]);
+    args.extend(["--svg".into(), svg.to_string_lossy().into_owned()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_, graph) = lanyardctl(&argv)?;
+    let edges = graph["edges"].as_array().cloned().unwrap_or_default();
+    // Workloads are named as Istio's metrics name them: by app, not by pod.
+    let find = |src: &str, dst: &str, proto: &str| {
+        edges
+            .iter()
+            .find(|e| e["source"] == src && e["destination"] == dst && e["protocol"] == proto)
+    };
+    let http = find("todo/todoui", "todo/todobackend", "http")
+        .ok_or_else(|| anyhow::anyhow!("no todoui → todobackend HTTP edge: {graph}"))?;
+    let legacy = find("legacy/legacy-client", "todo/todobackend", "tcp")
+        .ok_or_else(|| anyhow::anyhow!("no legacy-client → todobackend TCP edge: {graph}"))?;
+    if http["mtls"] != true || legacy["mtls"] != false {
+        bail!("security of the edges is wrong: {http} {legacy}");
+    }
+    if edges.iter().any(|e| {
+        e["destination"]
+            .as_str()
+            .is_some_and(|d| d.contains("waypoint"))
+    }) {
+        bail!("hops through the waypoint were not folded: {graph}");
+    }
+    Ok(format!(
+        "{} edges, e.g. todo/todoui → todo/todobackend HTTP {} requests (mTLS), legacy/legacy-client → todo/todobackend TCP {} connection(s) (plaintext); wrote {} and {}",
+        edges.len(),
+        http["requests"],
+        legacy["connections"],
+        dot.display(),
+        svg.display()
+    ))
 }
 
 fn capture_while(

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lanyard_e2e::{metric, wait_for, Mesh};
 use serde_json::{json, Value};
 
-use crate::demo::Steps;
+use crate::demo::{lanyardctl, Steps};
 
 pub const UI: &str = "http://10.96.0.21:80";
 pub const BACKEND: &str = "http://10.96.0.20:8080";
@@ -263,9 +263,21 @@ pub fn run(mesh: &mut Mesh, steps: &mut Steps, idp: &Idp) {
         }
         let text = mesh.waypoint_metrics("todo")?;
         let denied = metric(&text, "lanyard_requests_denied_total", &[("policy", "todo/todobackend-readers")]);
+        // The operator's question, answered from the same config: why was DELETE refused?
+        let config = mesh.config_path();
+        let (code, ex) = lanyardctl(&[
+            "explain", "-o", "json", "-f", &config.to_string_lossy(), "--from", "todo/todoui-0-1",
+            "--to", "todo/todobackend:8080", "--method", "DELETE",
+        ])?;
+        let step = &ex["steps"][0];
+        if code != Some(1) || step["decidedBy"] != "todo/todobackend-readers" {
+            bail!("lanyardctl explain disagrees (exit {code:?}): {ex}");
+        }
         Ok(format!(
-            "todoui GET → {get}; todoui DELETE → {del} ({}); user GET → {other}; {denied} denials by policy todo/todobackend-readers (no ALLOW rule matched)",
-            r["lastBody"].as_str().unwrap_or_default()
+            "todoui GET → {get}; todoui DELETE → {del} ({}); user GET → {other}; {denied} denials by policy todo/todobackend-readers; `lanyardctl explain --method DELETE`: {} at {}",
+            r["lastBody"].as_str().unwrap_or_default(),
+            step["reason"].as_str().unwrap_or_default(),
+            step["at"].as_str().unwrap_or_default(),
         ))
     });
 
@@ -339,8 +351,22 @@ pub fn run(mesh: &mut Mesh, steps: &mut Steps, idp: &Idp) {
         if gauge != 1.0 || warned == 0 {
             bail!("gauge {gauge}, {warned} warnings");
         }
+        let config = mesh.config_path();
+        let (code, found) = lanyardctl(&[
+            "analyze", "-o", "json", "--failure-threshold", "warning", "-f", &config.to_string_lossy(),
+        ])?;
+        let fault = found
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["code"] == "LYD0002" && f["object"] == "todobackend");
+        let Some(fault) = fault.filter(|_| code == Some(1)) else {
+            bail!("lanyardctl analyze did not flag the fault (exit {code:?}): {found}");
+        };
         Ok(format!(
-            "lanyard_fault_injection_routes{{virtual_service=\"todobackend\"}} = {gauge}; {warned} warning(s) logged: \"VirtualService todo/todobackend: fault injection is active; remove it when the test is over\""
+            "lanyard_fault_injection_routes{{virtual_service=\"todobackend\"}} = {gauge}; {warned} warning(s) in the waypoint log; `lanyardctl analyze`: Warning [LYD0002] (VirtualService todo/todobackend {}) {}",
+            fault["field"].as_str().unwrap_or_default(),
+            fault["message"].as_str().unwrap_or_default()
         ))
     });
 }

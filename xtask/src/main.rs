@@ -1,7 +1,7 @@
 //! `cargo xtask …`: the project's own commands.
 //!
 //! - `setup`: installs the system packages builds and tests need (clang, libbpf headers…);
-//! - `test`: setup, lints, every test (end-to-end ones as root, one at a time);
+//! - `test`: setup, lints, every test (end-to-end ones as root, one at a time), the demo;
 //! - `lint`: rustfmt and clippy with warnings as errors;
 //! - `e2e-clean`: removes what a killed end-to-end run left (namespaces, cgroups, pins);
 //! - `demo [--keep]`: a local two-node mesh, walked through step by step;
@@ -107,5 +107,7 @@ fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--exclude", "lanyard-e2e"])?;
     setup::clean_e2e()?;
     // Each end-to-end test builds a whole mesh; one at a time keeps them within two cores.
-    cargo(&["test", "-p", "lanyard-e2e", "--", "--test-threads=1"])
+    cargo(&["test", "-p", "lanyard-e2e", "--", "--test-threads=1"])?;
+    // The demo is a test too: every step asserts, and it takes well under a minute.
+    demo::run(false)
 }
