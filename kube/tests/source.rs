@@ -1,0 +1,306 @@
+//! The Kubernetes config source against an in-process API server speaking real list/watch
+//! JSON: after every change the mesh state must be exactly the one the file source builds from
+//! the same objects.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_core::config::{parse_documents, Store};
+use lanyard_core::state::{MeshState, Settings};
+use lanyard_kube::source::Scope;
+use lanyard_kube::{KubeSource, SourceStatus};
+use serde_json::Value;
+use support::fake_apiserver::FakeApiServer;
+use tokio::sync::watch;
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend-1, namespace: demo, uid: b1, labels: {app: backend, version: v1}}
+spec: {nodeName: n1, serviceAccountName: backend, containers: [{name: c, image: backend, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.1.1.2, phase: Running, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo, uid: c1, labels: {app: client}}
+spec: {nodeName: n2, serviceAccountName: client, containers: [{name: c}]}
+status: {podIP: 10.1.2.3, phase: Running}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec: {clusterIP: 10.96.0.10, selector: {app: backend}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {matchLabels: {app: backend}}
+  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: backend, namespace: demo}
+spec: {host: backend, subsets: [{name: v1, labels: {version: v1}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend, namespace: demo}
+spec:
+  hosts: [backend]
+  http: [{route: [{destination: {host: backend, subset: v1}}]}]
+"#;
+
+fn docs(yaml: &str) -> Vec<Value> {
+    parse_documents(yaml).unwrap()
+}
+
+fn file_state(objects: &[Value]) -> MeshState {
+    let settings = Settings::default();
+    let snapshot = Store::new(&settings.cluster_domain).update(objects.iter().cloned());
+    MeshState::build(snapshot, &settings)
+}
+
+fn assert_same(kube: &MeshState, objects: &[Value]) {
+    let file = file_state(objects);
+    assert_eq!(kube.dump(), file.dump());
+    assert_eq!(kube.findings(), file.findings());
+}
+
+struct Running {
+    states: watch::Receiver<Arc<MeshState>>,
+    status: watch::Receiver<SourceStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn start(api: &FakeApiServer) -> Running {
+    let (tx, states) = watch::channel(Arc::new(MeshState::default()));
+    let (status_tx, status) = watch::channel(SourceStatus::default());
+    let source = KubeSource::new(api.client(), Arc::new(Settings::default()), Scope::Cluster);
+    let task = tokio::spawn(source.run(tx, status_tx));
+    Running {
+        states,
+        status,
+        task,
+    }
+}
+
+/// Waits (at most 15 s) for a published state that `done` accepts.
+async fn state_where(
+    r: &mut Running,
+    what: &str,
+    done: impl Fn(&MeshState) -> bool,
+) -> Arc<MeshState> {
+    let wait = async {
+        loop {
+            let s = r.states.borrow_and_update().clone();
+            if done(&s) {
+                return s;
+            }
+            r.states.changed().await.expect("source running");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn status_where(
+    r: &mut Running,
+    what: &str,
+    done: impl Fn(&SourceStatus) -> bool,
+) -> SourceStatus {
+    let wait = async {
+        loop {
+            let s = r.status.borrow_and_update().clone();
+            if done(&s) {
+                return s;
+            }
+            r.status.changed().await.expect("source running");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn has_pod(s: &MeshState, name: &str) -> bool {
+    s.workloads().any(|w| w.name == name)
+}
+
+fn pod(name: &str, ip: &str) -> Value {
+    docs(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: demo, uid: u-{name}, labels: {{app: backend, version: v2}}}}\nspec: {{nodeName: n2, serviceAccountName: backend, containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\nstatus: {{podIP: {ip}, phase: Running}}\n"
+    ))
+    .remove(0)
+}
+
+#[tokio::test]
+async fn initial_list_then_added_modified_deleted_match_the_file_source() {
+    let api = FakeApiServer::start().await;
+    let mut objects = docs(MESH);
+    for o in &objects {
+        api.apply(o.clone());
+    }
+    let mut r = start(&api);
+    let s = state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    assert_same(&s, &objects);
+    assert!(r.status.borrow().synced);
+
+    // ADDED
+    let p = pod("backend-2", "10.1.2.4");
+    api.apply(p.clone());
+    objects.push(p);
+    let s = state_where(&mut r, "the added pod", |s| has_pod(s, "backend-2")).await;
+    assert_same(&s, &objects);
+
+    // MODIFIED: the legacy namespace joins the mesh.
+    objects[1]["metadata"]["labels"] = serde_json::json!({"istio.io/dataplane-mode": "ambient"});
+    api.apply(objects[1].clone());
+    let s = state_where(&mut r, "the namespace label", |s| {
+        s.namespace_labels("legacy").is_some_and(|l| !l.is_empty())
+    })
+    .await;
+    assert_same(&s, &objects);
+
+    // DELETED: the AuthorizationPolicy.
+    let policy = objects.remove(5);
+    api.delete(&policy);
+    let s = state_where(&mut r, "the policy deletion", |s| {
+        s.dump()["authorizationPolicies"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    })
+    .await;
+    assert_same(&s, &objects);
+}
+
+#[tokio::test]
+async fn bookmarks_and_watch_reconnects_lose_nothing() {
+    let api = FakeApiServer::start().await;
+    let mut objects = docs(MESH);
+    for o in &objects {
+        api.apply(o.clone());
+    }
+    let mut r = start(&api);
+    state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    api.bookmark();
+    api.close_watches();
+    let p = pod("backend-3", "10.1.2.5");
+    api.apply(p.clone());
+    objects.push(p);
+    api.bookmark();
+    let s = state_where(&mut r, "the pod added across a reconnect", |s| {
+        has_pod(s, "backend-3")
+    })
+    .await;
+    assert_same(&s, &objects);
+    assert!(r.status.borrow().connected());
+}
+
+#[tokio::test]
+async fn gone_relists_and_forgets_objects_deleted_meanwhile() {
+    let api = FakeApiServer::start().await;
+    let mut objects = docs(MESH);
+    for o in &objects {
+        api.apply(o.clone());
+    }
+    let mut r = start(&api);
+    state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    // While the watchers are away, history they have not seen is compacted: their next
+    // watch gets 410 Gone, and only a fresh list can tell them backend-1 was deleted.
+    api.set_down(true);
+    let gone = objects.remove(2);
+    api.delete(&gone);
+    let p = pod("backend-4", "10.1.2.6");
+    api.apply(p.clone());
+    objects.push(p);
+    api.compact();
+    api.set_down(false);
+    let s = state_where(&mut r, "the relisted state", |s| {
+        has_pod(s, "backend-4") && !has_pod(s, "backend-1")
+    })
+    .await;
+    assert_same(&s, &objects);
+    assert!(
+        api.gone_count() > 0,
+        "the watchers resumed through 410 Gone"
+    );
+}
+
+#[tokio::test]
+async fn an_api_outage_keeps_the_last_state_serving_and_says_so() {
+    let api = FakeApiServer::start().await;
+    let mut objects = docs(MESH);
+    for o in &objects {
+        api.apply(o.clone());
+    }
+    let mut r = start(&api);
+    let before = state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    api.set_down(true);
+    let st = status_where(&mut r, "the outage to be reported", |s| !s.connected()).await;
+    assert!(st.synced);
+    assert!(
+        st.detail().contains("serving the last good config"),
+        "{}",
+        st.detail()
+    );
+    assert!(
+        Arc::ptr_eq(&before, &r.states.borrow()),
+        "no new state while the API server is away"
+    );
+    let p = pod("backend-5", "10.1.2.7");
+    api.apply(p.clone());
+    objects.push(p);
+    api.set_down(false);
+    let s = state_where(&mut r, "the change made during the outage", |s| {
+        has_pod(s, "backend-5")
+    })
+    .await;
+    assert_same(&s, &objects);
+    status_where(&mut r, "recovery", |s| s.connected()).await;
+}
+
+#[tokio::test]
+async fn an_invalid_object_is_rejected_alone_and_its_last_version_keeps_serving() {
+    let api = FakeApiServer::start().await;
+    let objects = docs(MESH);
+    for o in &objects {
+        api.apply(o.clone());
+    }
+    let mut r = start(&api);
+    state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    let mut bad = objects[7].clone();
+    bad["spec"]["http"][0]["rout"] = bad["spec"]["http"][0]["route"].take();
+    api.apply(bad);
+    let s = state_where(&mut r, "the rejection", |s| !s.rejections().is_empty()).await;
+    let rejection = &s.rejections()[0];
+    assert_eq!(rejection.object.to_string(), "VirtualService demo/backend");
+    assert_eq!(rejection.field, "spec.http[0].rout");
+    assert_eq!(
+        s.virtual_services().len(),
+        1,
+        "the last valid version keeps serving"
+    );
+    assert_eq!(
+        s.virtual_services()[0].http[0].matches.len(),
+        0,
+        "and it is the earlier, valid one"
+    );
+}
