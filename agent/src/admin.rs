@@ -18,6 +18,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use lanyard_kube::SourceStatus;
+
 use crate::proxy::{Peer, ProxyInputs};
 
 /// What the admin endpoints read.
@@ -27,6 +29,8 @@ pub struct AdminState {
     pub registry: Registry,
     pub enrolled: watch::Receiver<BTreeMap<String, Ipv4Addr>>,
     pub ready: watch::Receiver<bool>,
+    /// How the config source is doing (an API outage is reported, not fatal).
+    pub source: watch::Receiver<SourceStatus>,
 }
 
 type Body = Full<Bytes>;
@@ -55,7 +59,14 @@ fn route(s: &AdminState, path: &str, query: &str) -> Response<Body> {
         }
         "/healthz/ready" => {
             if *s.ready.borrow() {
-                respond(StatusCode::OK, "text/plain", "ready\n")
+                // Ready while the API server is away: the last good config keeps serving.
+                let source = s.source.borrow();
+                let body = if source.connected() {
+                    "ready\n".to_string()
+                } else {
+                    format!("ready; config source: {}\n", source.detail())
+                };
+                respond(StatusCode::OK, "text/plain", body)
             } else {
                 respond(
                     StatusCode::SERVICE_UNAVAILABLE,

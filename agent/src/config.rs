@@ -29,9 +29,10 @@ pub struct Args {
     /// This node's name, as pods' spec.nodeName gives it.
     #[arg(long, env = "NODE_NAME")]
     pub node: String,
-    /// YAML file of mesh objects (standalone mode).
+    /// YAML file of mesh objects (standalone mode). Without it, config comes from the
+    /// Kubernetes API (in-cluster credentials or KUBECONFIG).
     #[arg(long, env = "LANYARD_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     #[arg(long, default_value = "cluster.local", env = "LANYARD_TRUST_DOMAIN")]
     pub trust_domain: String,
     #[arg(long, default_value = "cluster.local")]
@@ -82,7 +83,8 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node: String,
-    pub config_file: PathBuf,
+    /// None: the Kubernetes API.
+    pub config_file: Option<PathBuf>,
     pub trust_domain: String,
     pub cluster_domain: String,
     pub root_namespace: String,

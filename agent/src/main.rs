@@ -9,9 +9,9 @@ use lanyard_agent::config::{Args, Config};
 use lanyard_agent::enroll::Enroller;
 use lanyard_agent::metrics::Metrics;
 use lanyard_agent::proxy::ProxyInputs;
-use lanyard_core::config::FileSource;
 use lanyard_core::secrets::SecretConfig;
 use lanyard_core::state::Settings;
+use lanyard_kube::{ConfigSource, Running, Scope};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -81,12 +81,21 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         cluster_domain: config.cluster_domain.clone(),
         root_namespace: config.root_namespace.clone(),
     });
-    let mut source = FileSource::new(config.config_file.clone(), settings);
-    let initial = source
-        .load()
-        .context("loading the initial config")?
-        .unwrap_or_default();
-    let (state_tx, state_rx) = watch::channel(Arc::new(initial));
+    let source = match &config.config_file {
+        Some(path) => ConfigSource::File {
+            path: path.clone(),
+            poll: config.config_poll_interval,
+        },
+        None => ConfigSource::Kube {
+            scope: Scope::Cluster,
+        },
+    };
+    let Running {
+        states: state_rx,
+        status: source_status,
+    } = lanyard_kube::start(source, settings)
+        .await
+        .context("loading the initial config")?;
 
     let secrets = lanyard_core::ca::secret_manager(
         &config.ca_bootstrap,
@@ -102,6 +111,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let capture = Arc::new(Capture::load(&config.bpf_pin_dir, &config.cgroup_root)?);
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(Metrics::new(&registry)?);
+    lanyard_kube::metrics::register(&registry, source_status.clone())?;
     let inputs = Arc::new(ProxyInputs::new(
         config.clone(),
         state_rx,
@@ -116,9 +126,9 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         registry,
         enrolled,
         ready,
+        source: source_status,
     };
 
-    tokio::spawn(source.run(config.config_poll_interval, state_tx));
     let enroller = tokio::spawn(enroller.run());
     inputs.pool.clone().run_sweeper();
     tokio::spawn(admin::serve(

@@ -4,12 +4,17 @@
 //!
 //! - [`kinds`]: what is watched (group, version, plural) and for whom;
 //! - [`prune`]: the fields kept of each object (the rest is dropped on arrival);
-//! - [`source`]: the watchers, the merged object set, and state publication.
+//! - [`source`]: the watchers, the merged object set, and state publication;
+//! - [`start`]: starting the file or the Kubernetes source, as a binary's flags say;
+//! - [`metrics`]: the source's health on a registry.
 //!
 //! Nothing here knows about eBPF or the data path; `lanyard-core` knows nothing of this crate.
 
 pub mod kinds;
+pub mod metrics;
 pub mod prune;
 pub mod source;
+pub mod start;
 
-pub use source::{KubeSource, SourceStatus};
+pub use source::{KubeSource, Scope, SourceStatus};
+pub use start::{start, ConfigSource, Running};

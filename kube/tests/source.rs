@@ -304,3 +304,43 @@ async fn an_invalid_object_is_rejected_alone_and_its_last_version_keeps_serving(
         "and it is the earlier, valid one"
     );
 }
+
+#[tokio::test]
+async fn a_waypoint_scope_watches_istio_objects_of_its_namespaces_only() {
+    let api = FakeApiServer::start().await;
+    let objects = docs(MESH);
+    for o in &objects {
+        api.apply(o.clone());
+    }
+    let mut elsewhere = objects[7].clone();
+    elsewhere["metadata"]["namespace"] = "legacy".into();
+    api.apply(elsewhere);
+    let (tx, mut states) = watch::channel(Arc::new(MeshState::default()));
+    let (status_tx, _status) = watch::channel(SourceStatus::default());
+    let scope = Scope::IstioIn(vec!["demo".into(), "istio-system".into()]);
+    let source = KubeSource::new(api.client(), Arc::new(Settings::default()), scope);
+    let task = tokio::spawn(source.run(tx, status_tx));
+    let state = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            states.changed().await.unwrap();
+            let s = states.borrow_and_update().clone();
+            if s.workload_count() == 2 {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("a state");
+    task.abort();
+    assert_same(&state, &objects);
+    let namespaces: Vec<&str> = state
+        .virtual_services()
+        .iter()
+        .map(|v| v.namespace.as_str())
+        .collect();
+    assert_eq!(
+        namespaces,
+        ["demo"],
+        "the legacy namespace's VirtualService is not watched"
+    );
+}

@@ -12,12 +12,17 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use lanyard_kube::SourceStatus;
+use tokio::sync::watch;
+
 use crate::route::Inputs;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub inputs: Arc<Inputs>,
     pub registry: Registry,
+    /// How the config source is doing (an API outage is reported, not fatal).
+    pub source: watch::Receiver<SourceStatus>,
 }
 
 fn respond(
@@ -45,7 +50,16 @@ fn route(s: &AdminState, path: &str) -> Response<Full<Bytes>> {
                 ),
             }
         }
-        "/healthz/ready" => respond(StatusCode::OK, "text/plain", "ready\n"),
+        "/healthz/ready" => {
+            // Ready while the API server is away: the last good config keeps serving.
+            let source = s.source.borrow();
+            let body = if source.connected() {
+                "ready\n".to_string()
+            } else {
+                format!("ready; config source: {}\n", source.detail())
+            };
+            respond(StatusCode::OK, "text/plain", body)
+        }
         "/config_dump" => {
             let state = s.inputs.state.borrow().clone();
             let c = &s.inputs.config;

@@ -21,9 +21,10 @@ pub struct Args {
     /// The service account the waypoint runs as; its SPIFFE identity is what destinations see.
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "waypoint")]
     pub service_account: String,
-    /// YAML file of mesh objects (standalone mode).
+    /// YAML file of mesh objects (standalone mode). Without it, config comes from the
+    /// Kubernetes API: Istio objects of this and the root namespace, workloads cluster-wide.
     #[arg(long, env = "LANYARD_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     #[arg(long, default_value = "cluster.local", env = "LANYARD_TRUST_DOMAIN")]
     pub trust_domain: String,
     #[arg(long, default_value = "cluster.local")]
@@ -52,7 +53,8 @@ pub struct Config {
     /// This waypoint as `istio.io/use-waypoint` names it (policies target it by name).
     pub waypoint: Waypoint,
     pub identity: Identity,
-    pub config_file: PathBuf,
+    /// None: the Kubernetes API.
+    pub config_file: Option<PathBuf>,
     pub trust_domain: String,
     pub cluster_domain: String,
     pub root_namespace: String,

@@ -3,9 +3,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use lanyard_core::config::FileSource;
 use lanyard_core::secrets::SecretConfig;
 use lanyard_core::state::{MeshState, Settings};
+use lanyard_kube::{ConfigSource, Running, Scope};
 use lanyard_waypoint::admin::{self, AdminState};
 use lanyard_waypoint::config::{Args, Config};
 use lanyard_waypoint::lb::Balancer;
@@ -51,12 +51,24 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         cluster_domain: config.cluster_domain.clone(),
         root_namespace: config.root_namespace.clone(),
     });
-    let mut source = FileSource::new(config.config_file.clone(), settings);
-    let initial = source
-        .load()
-        .context("loading the initial config")?
-        .unwrap_or_default();
-    let (state_tx, state_rx) = watch::channel(Arc::new(initial));
+    let source = match &config.config_file {
+        Some(path) => ConfigSource::File {
+            path: path.clone(),
+            poll: config.config_poll_interval,
+        },
+        None => ConfigSource::Kube {
+            scope: Scope::IstioIn(vec![
+                config.waypoint.namespace.clone(),
+                config.root_namespace.clone(),
+            ]),
+        },
+    };
+    let Running {
+        states: state_rx,
+        status: source_status,
+    } = lanyard_kube::start(source, settings)
+        .await
+        .context("loading the initial config")?;
 
     let secrets = lanyard_core::ca::secret_manager(
         &config.ca_bootstrap,
@@ -81,7 +93,6 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         jwks: Default::default(),
     });
-    tokio::spawn(source.run(config.config_poll_interval, state_tx));
     tokio::spawn(report_config(state_rx, metrics));
     {
         let inputs = inputs.clone();
@@ -93,9 +104,11 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
             }
         });
     }
+    lanyard_kube::metrics::register(&registry, source_status.clone())?;
     let admin_state = AdminState {
         inputs: inputs.clone(),
         registry,
+        source: source_status,
     };
     tokio::spawn(admin::serve(
         admin_listener,
