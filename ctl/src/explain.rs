@@ -21,6 +21,9 @@ pub struct Cmd {
     /// Config files to decide from (as the agents would load them).
     #[arg(short = 'f', long = "file", conflicts_with = "agent")]
     files: Vec<std::path::PathBuf>,
+    /// Decide from the cluster's objects (in-cluster credentials or KUBECONFIG).
+    #[arg(long, conflicts_with_all = ["agent", "files"])]
+    kube: bool,
     /// Ask a running agent's admin endpoint instead (`host:port`); --from and --to are then
     /// IP addresses.
     #[arg(long)]
@@ -151,13 +154,15 @@ fn step(at: String, d: &Decision) -> Step {
 }
 
 fn offline(cmd: &Cmd) -> Result<Explanation, Error> {
-    if cmd.files.is_empty() {
+    if cmd.files.is_empty() && !cmd.kube {
         return Err(Error::Usage(
-            "explain needs config files (-f) or a running agent (--agent)".into(),
+            "explain needs config files (-f), the cluster (--kube) or a running agent (--agent)"
+                .into(),
         ));
     }
     let state = input::load(&Mesh {
         files: cmd.files.clone(),
+        kube: cmd.kube,
         trust_domain: cmd.trust_domain.clone(),
         cluster_domain: cmd.cluster_domain.clone(),
         root_namespace: cmd.root_namespace.clone(),

@@ -2,14 +2,26 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use lanyard_core::config::{parse_documents, Store};
 use lanyard_core::state::{MeshState, Settings};
+use lanyard_kube::{ConfigSource, Scope};
 
 use crate::{Error, Mesh};
 
-/// Reads every file (directories: their `.yaml`/`.yml`/`.json` files, sorted) into one state.
-pub fn load(mesh: &Mesh) -> Result<MeshState, Error> {
+/// Reads every file (directories: their `.yaml`/`.yml`/`.json` files, sorted), or the
+/// cluster with `--kube`, into one state.
+pub fn load(mesh: &Mesh) -> Result<Arc<MeshState>, Error> {
+    let settings = Settings {
+        trust_domain: mesh.trust_domain.clone(),
+        cluster_domain: mesh.cluster_domain.clone(),
+        root_namespace: mesh.root_namespace.clone(),
+    };
+    if mesh.kube {
+        return from_cluster(settings);
+    }
     let mut docs = Vec::new();
     for path in &mesh.files {
         for file in expand(path)? {
@@ -22,13 +34,32 @@ pub fn load(mesh: &Mesh) -> Result<MeshState, Error> {
             docs.extend(parsed);
         }
     }
-    let settings = Settings {
-        trust_domain: mesh.trust_domain.clone(),
-        cluster_domain: mesh.cluster_domain.clone(),
-        root_namespace: mesh.root_namespace.clone(),
-    };
     let snapshot = Store::new(&settings.cluster_domain).update(docs);
-    Ok(MeshState::build(snapshot, &settings))
+    Ok(Arc::new(MeshState::build(snapshot, &settings)))
+}
+
+/// Lists every kind through the agents' own config source, and takes its first complete
+/// state. Bounded: an unreachable API server is an error after 30 s, not a hang.
+fn from_cluster(settings: Settings) -> Result<Arc<MeshState>, Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Kube(e.to_string()))?;
+    rt.block_on(async {
+        let source = ConfigSource::Kube {
+            scope: Scope::Cluster,
+        };
+        let started = tokio::time::timeout(
+            Duration::from_secs(30),
+            lanyard_kube::start(source, Arc::new(settings)),
+        )
+        .await
+        .map_err(|_| Error::Kube("no complete list of every kind within 30 s".into()))?
+        .map_err(|e| Error::Kube(e.to_string()))?;
+        let state = started.states.borrow().clone();
+        Ok(state)
+    })
 }
 
 fn expand(path: &Path) -> Result<Vec<PathBuf>, Error> {

@@ -33,8 +33,11 @@ struct Cli {
 #[derive(Args, Clone)]
 pub struct Mesh {
     /// YAML files or directories of Kubernetes-style objects (`-` reads standard input).
-    #[arg(short = 'f', long = "file", required = true)]
+    #[arg(short = 'f', long = "file", required_unless_present = "kube")]
     pub files: Vec<PathBuf>,
+    /// Read the objects from the cluster instead (in-cluster credentials or KUBECONFIG).
+    #[arg(long, conflicts_with = "files")]
+    pub kube: bool,
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
     #[arg(long, default_value = "cluster.local")]
@@ -95,6 +98,8 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("reading the cluster: {0}")]
+    Kube(String),
     #[error("encoding output: {0}")]
     Encode(String),
 }

@@ -149,3 +149,32 @@ fn unreadable_input_is_exit_code_2_with_the_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/mesh.yaml"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_reads_the_cluster_as_it_reads_files() {
+    let api = lanyard_kube::testing::FakeApiServer::start().await;
+    for case in ["base.yaml", "ist0101-subset.yaml"] {
+        let text = std::fs::read_to_string(fixture(case)).unwrap();
+        for doc in lanyard_core::config::parse_documents(&text).unwrap() {
+            api.apply(doc);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_lanyardctl"))
+            .args(["analyze", "--kube", "-o", "json"])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v[0]["code"], "IST0101", "{v}");
+    assert_eq!(v[0]["field"], "spec.http[0].route[1].destination.subset");
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(out.status.code(), Some(1));
+}

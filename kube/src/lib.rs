@@ -6,7 +6,8 @@
 //! - [`prune`]: the fields kept of each object (the rest is dropped on arrival);
 //! - [`source`]: the watchers, the merged object set, and state publication;
 //! - [`start`]: starting the file or the Kubernetes source, as a binary's flags say;
-//! - [`metrics`]: the source's health on a registry.
+//! - [`metrics`]: the source's health on a registry;
+//! - `testing` (feature): an in-process API server for tests.
 //!
 //! Nothing here knows about eBPF or the data path; `lanyard-core` knows nothing of this crate.
 
@@ -15,6 +16,8 @@ pub mod metrics;
 pub mod prune;
 pub mod source;
 pub mod start;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use source::{KubeSource, Scope, SourceStatus};
 pub use start::{start, ConfigSource, Running};

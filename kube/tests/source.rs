@@ -2,17 +2,15 @@
 //! JSON: after every change the mesh state must be exactly the one the file source builds from
 //! the same objects.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard_core::config::{parse_documents, Store};
 use lanyard_core::state::{MeshState, Settings};
 use lanyard_kube::source::Scope;
+use lanyard_kube::testing::FakeApiServer;
 use lanyard_kube::{KubeSource, SourceStatus};
 use serde_json::Value;
-use support::fake_apiserver::FakeApiServer;
 use tokio::sync::watch;
 
 const MESH: &str = r#"

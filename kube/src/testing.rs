@@ -98,6 +98,14 @@ fn key_of(obj: &Value) -> (String, String) {
 }
 
 impl FakeApiServer {
+    /// A kubeconfig file's text that points clients (and `KUBECONFIG`) at this server.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            self.addr
+        )
+    }
+
     pub async fn start() -> FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
