@@ -59,14 +59,7 @@ fn route(s: &AdminState, path: &str, query: &str) -> Response<Body> {
         }
         "/healthz/ready" => {
             if *s.ready.borrow() {
-                // Ready while the API server is away: the last good config keeps serving.
-                let source = s.source.borrow();
-                let body = if source.connected() {
-                    "ready\n".to_string()
-                } else {
-                    format!("ready; config source: {}\n", source.detail())
-                };
-                respond(StatusCode::OK, "text/plain", body)
+                respond(StatusCode::OK, "text/plain", s.source.borrow().readiness())
             } else {
                 respond(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -49,6 +49,16 @@ impl SourceStatus {
         self.failing.is_empty()
     }
 
+    /// The body of a ready answer: still ready while the API server is away, since the last
+    /// good config keeps serving, but saying so.
+    pub fn readiness(&self) -> String {
+        if self.connected() {
+            "ready\n".into()
+        } else {
+            format!("ready; config source: {}\n", self.detail())
+        }
+    }
+
     /// One line for a readiness endpoint or a log.
     pub fn detail(&self) -> String {
         match (self.synced, self.failing.iter().next()) {

@@ -21,6 +21,19 @@ pub enum ConfigSource {
     Kube { scope: Scope },
 }
 
+impl ConfigSource {
+    /// The file when a binary was given `--config`, else the API with `scope`.
+    pub fn from_flag(file: Option<&std::path::Path>, poll: Duration, scope: Scope) -> Self {
+        match file {
+            Some(path) => ConfigSource::File {
+                path: path.to_path_buf(),
+                poll,
+            },
+            None => ConfigSource::Kube { scope },
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]

@@ -99,19 +99,19 @@ fn start(api: &FakeApiServer) -> Running {
     }
 }
 
-/// Waits (at most 15 s) for a published state that `done` accepts.
-async fn state_where(
-    r: &mut Running,
+/// Waits (at most 15 s) for a value of `rx` that `done` accepts.
+async fn wait_for<T: Clone>(
+    rx: &mut watch::Receiver<T>,
     what: &str,
-    done: impl Fn(&MeshState) -> bool,
-) -> Arc<MeshState> {
+    done: impl Fn(&T) -> bool,
+) -> T {
     let wait = async {
         loop {
-            let s = r.states.borrow_and_update().clone();
-            if done(&s) {
-                return s;
+            let v = rx.borrow_and_update().clone();
+            if done(&v) {
+                return v;
             }
-            r.states.changed().await.expect("source running");
+            rx.changed().await.expect("source running");
         }
     };
     tokio::time::timeout(Duration::from_secs(15), wait)
@@ -119,23 +119,20 @@ async fn state_where(
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+async fn state_where(
+    r: &mut Running,
+    what: &str,
+    done: impl Fn(&MeshState) -> bool,
+) -> Arc<MeshState> {
+    wait_for(&mut r.states, what, |s: &Arc<MeshState>| done(s)).await
+}
+
 async fn status_where(
     r: &mut Running,
     what: &str,
     done: impl Fn(&SourceStatus) -> bool,
 ) -> SourceStatus {
-    let wait = async {
-        loop {
-            let s = r.status.borrow_and_update().clone();
-            if done(&s) {
-                return s;
-            }
-            r.status.changed().await.expect("source running");
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    wait_for(&mut r.status, what, done).await
 }
 
 fn has_pod(s: &MeshState, name: &str) -> bool {
@@ -318,17 +315,10 @@ async fn a_waypoint_scope_watches_istio_objects_of_its_namespaces_only() {
     let scope = Scope::IstioIn(vec!["demo".into(), "istio-system".into()]);
     let source = KubeSource::new(api.client(), Arc::new(Settings::default()), scope);
     let task = tokio::spawn(source.run(tx, status_tx));
-    let state = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            states.changed().await.unwrap();
-            let s = states.borrow_and_update().clone();
-            if s.workload_count() == 2 {
-                return s;
-            }
-        }
+    let state = wait_for(&mut states, "a state", |s: &Arc<MeshState>| {
+        s.workload_count() == 2
     })
-    .await
-    .expect("a state");
+    .await;
     task.abort();
     assert_same(&state, &objects);
     let namespaces: Vec<&str> = state

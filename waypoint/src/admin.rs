@@ -50,16 +50,7 @@ fn route(s: &AdminState, path: &str) -> Response<Full<Bytes>> {
                 ),
             }
         }
-        "/healthz/ready" => {
-            // Ready while the API server is away: the last good config keeps serving.
-            let source = s.source.borrow();
-            let body = if source.connected() {
-                "ready\n".to_string()
-            } else {
-                format!("ready; config source: {}\n", source.detail())
-            };
-            respond(StatusCode::OK, "text/plain", body)
-        }
+        "/healthz/ready" => respond(StatusCode::OK, "text/plain", s.source.borrow().readiness()),
         "/config_dump" => {
             let state = s.inputs.state.borrow().clone();
             let c = &s.inputs.config;

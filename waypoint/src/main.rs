@@ -51,18 +51,14 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         cluster_domain: config.cluster_domain.clone(),
         root_namespace: config.root_namespace.clone(),
     });
-    let source = match &config.config_file {
-        Some(path) => ConfigSource::File {
-            path: path.clone(),
-            poll: config.config_poll_interval,
-        },
-        None => ConfigSource::Kube {
-            scope: Scope::IstioIn(vec![
-                config.waypoint.namespace.clone(),
-                config.root_namespace.clone(),
-            ]),
-        },
-    };
+    let source = ConfigSource::from_flag(
+        config.config_file.as_deref(),
+        config.config_poll_interval,
+        Scope::IstioIn(vec![
+            config.waypoint.namespace.clone(),
+            config.root_namespace.clone(),
+        ]),
+    );
     let Running {
         states: state_rx,
         status: source_status,
