@@ -134,7 +134,7 @@ pub(super) async fn handle(pod: Arc<PodCtx>, _id: u64, mut app: TcpStream, peer:
     };
     info.dst_addr = target.addr.to_string();
     // Through a waypoint, the peer this connection reaches (and proves its identity) is the
-    // waypoint, as ztunnel reports it; the waypoint reports the request's real destination.
+    // waypoint; the waypoint reports the request's real destination.
     if let Some(w) = target.waypoint.as_ref().or(target.workload.as_ref()) {
         info.dst_workload = w.canonical_name().to_string();
         info.dst_namespace = w.namespace.clone();
