@@ -184,6 +184,7 @@ async fn route(
     } else {
         crate::authn::authenticate(&inputs.jwks, &authns, &mut req).await?
     };
+    // `MeshState::authorize_at_waypoint` inlined: no attributes are gathered without policies.
     let policies = state.waypoint_policies(waypoint, svc.as_deref());
     if !policies.is_empty() {
         let principal = down.src_id.principal();

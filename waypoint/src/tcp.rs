@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use lanyard_core::hbone::H2Io;
-use lanyard_core::policy::authz::{evaluate, Request as AuthzRequest};
+use lanyard_core::policy::authz::Request as AuthzRequest;
 use lanyard_core::state::{MeshState, Waypoint};
 use lanyard_core::traffic::virtual_service::{Destination, WeightedDestination};
 use tracing::debug;
@@ -24,25 +24,23 @@ pub async fn forward(
         Target::Service(s) => Some(s.as_ref()),
         Target::Workload(_) => None,
     };
-    let policies = state.waypoint_policies(waypoint, svc);
-    if !policies.is_empty() {
-        let principal = down.src_id.principal();
-        let d = evaluate(
-            policies.iter().map(|p| p.as_ref()),
-            &AuthzRequest {
-                principal: Some(&principal),
-                source_namespace: Some(down.src_id.namespace()),
-                source_service_account: Some(down.src_id.service_account()),
-                source_ip: down.src_ip,
-                destination_ip: down.authority.ip(),
-                destination_port: down.authority.port(),
-                http: None,
-            },
-        );
-        if !d.allowed {
-            debug!(policy = %d.policy(), "TCP connection denied");
-            return;
-        }
+    let principal = down.src_id.principal();
+    let d = state.authorize_at_waypoint(
+        waypoint,
+        svc,
+        &AuthzRequest {
+            principal: Some(&principal),
+            source_namespace: Some(down.src_id.namespace()),
+            source_service_account: Some(down.src_id.service_account()),
+            source_ip: down.src_ip,
+            destination_ip: down.authority.ip(),
+            destination_port: down.authority.port(),
+            http: None,
+        },
+    );
+    if !d.allowed {
+        debug!(policy = %d.policy(), "TCP connection denied");
+        return;
     }
     let port = down.authority.port();
     let plan = match target {

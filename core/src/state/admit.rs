@@ -69,7 +69,9 @@ impl MeshState {
     }
 
     /// The AuthorizationPolicy decision of `waypoint` for a request to `svc` (a workload
-    /// when None). `req.http` carries the request; the peer is the real client.
+    /// when None). `req.http` carries the request; the peer is the real client. The
+    /// waypoint's HTTP path makes the same two calls itself, so that it can skip building
+    /// the request's attributes when `waypoint_policies` is empty.
     pub fn authorize_at_waypoint(
         &self,
         waypoint: &Waypoint,

@@ -117,7 +117,7 @@ fn split_note(note: &str) -> (Option<String>, String) {
     }
 }
 
-pub(super) fn rejection(r: &Rejection) -> Finding {
+fn rejection(r: &Rejection) -> Finding {
     Finding::new(
         SCHEMA_VALIDATION_ERROR,
         r.object.clone(),
@@ -195,6 +195,7 @@ impl MeshState {
                     ));
                 }
             }
+            // (where the destination is written, the destination)
             let mut dests: Vec<(String, &Destination)> = Vec::new();
             for (i, r) in v.http.iter().enumerate() {
                 if r.fault.is_some() {
@@ -207,16 +208,22 @@ impl MeshState {
                 }
                 if let RouteAction::Forward(ds) = &r.action {
                     for (j, d) in ds.iter().enumerate() {
-                        dests.push((format!("spec.http[{i}].route[{j}]"), &d.destination));
+                        dests.push((
+                            format!("spec.http[{i}].route[{j}].destination"),
+                            &d.destination,
+                        ));
                     }
                 }
-                for (j, m) in r.mirrors.iter().enumerate() {
-                    dests.push((format!("spec.http[{i}].mirrors[{j}]"), &m.destination));
+                for m in &r.mirrors {
+                    dests.push((m.field.clone(), &m.destination));
                 }
             }
             for (i, r) in v.tcp.iter().enumerate() {
                 for (j, d) in r.route.iter().enumerate() {
-                    dests.push((format!("spec.tcp[{i}].route[{j}]"), &d.destination));
+                    dests.push((
+                        format!("spec.tcp[{i}].route[{j}].destination"),
+                        &d.destination,
+                    ));
                 }
             }
             for (field, d) in dests {
@@ -224,7 +231,7 @@ impl MeshState {
                     out.push(Finding::new(
                         REFERENCED_RESOURCE_NOT_FOUND,
                         obj(),
-                        Some(format!("{field}.destination.host")),
+                        Some(format!("{field}.host")),
                         format!("Referenced host not found: {:?}", d.host),
                     ));
                     continue;
@@ -237,7 +244,7 @@ impl MeshState {
                     out.push(Finding::new(
                         REFERENCED_RESOURCE_NOT_FOUND,
                         obj(),
-                        Some(format!("{field}.destination.subset")),
+                        Some(format!("{field}.subset")),
                         format!(
                             "Referenced host+subset in destinationrule not found: \"{}+{subset}\"; requests routed to it get 503 (NC)",
                             d.host

@@ -84,8 +84,6 @@ pub struct MeshState {
     peer_auth: Vec<PeerAuthentication>,
     /// What the analyzers found (`analysis.rs`), rejections included.
     findings: Vec<Finding>,
-    /// The findings other than rejections, in log form.
-    warnings: Vec<String>,
     /// Services by fully-qualified host name.
     by_host: HashMap<String, Arc<Service>>,
     virtual_services: Vec<Arc<VirtualService>>,
@@ -156,12 +154,6 @@ impl MeshState {
             .map(|w| (w.uid.clone(), state.applicable_l4_for(w)))
             .collect();
         state.findings = state.analyze();
-        state.warnings = state
-            .findings
-            .iter()
-            .filter(|f| f.code != analysis::SCHEMA_VALIDATION_ERROR)
-            .map(Finding::to_string)
-            .collect();
         state
     }
 
@@ -213,8 +205,13 @@ impl MeshState {
         &self.rejections
     }
 
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
+    /// The findings other than rejections (reported on their own), in log form.
+    pub fn warnings(&self) -> Vec<String> {
+        self.findings
+            .iter()
+            .filter(|f| f.code != analysis::SCHEMA_VALIDATION_ERROR)
+            .map(Finding::to_string)
+            .collect()
     }
 
     pub fn root_namespace(&self) -> &str {
@@ -396,7 +393,7 @@ impl MeshState {
             .collect();
         json!({"trustDomain": self.trust_domain, "rootNamespace": self.root_namespace, "namespaces": namespaces,
                "workloads": workloads, "services": services, "authorizationPolicies": policies,
-               "peerAuthentications": peer, "rejected": rejections, "warnings": self.warnings})
+               "peerAuthentications": peer, "rejected": rejections, "warnings": self.warnings()})
     }
 }
 

@@ -273,7 +273,7 @@ spec: {host: backend.demo.svc.cluster.local, subsets: [{name: v1, labels: {versi
     assert_eq!(s.waypoint_for_service(legacy), None, "none opts out");
     let w: Vec<_> = s
         .warnings()
-        .iter()
+        .into_iter()
         .filter(|w| w.contains("IST0101") && w.contains("host+subset"))
         .collect();
     assert_eq!(w.len(), 1, "{:?}", s.warnings());

@@ -171,6 +171,9 @@ pub struct Fault {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mirror {
     pub destination: Destination,
+    /// Where the destination is written (`spec.http[0].mirror` or
+    /// `spec.http[0].mirrors[1].destination`), for findings about it.
+    pub field: String,
     /// Fraction (0..=1) of requests copied.
     pub fraction: f64,
 }
@@ -641,15 +644,19 @@ impl Ctx<'_> {
                 (None, Some(p)) => f64::from(p.min(100)) / 100.0,
                 (None, None) => 1.0,
             };
+            let field = format!("{f}.mirror");
             mirrors.push(Mirror {
-                destination: self.destination(&format!("{f}.mirror"), m)?,
+                destination: self.destination(&field, m)?,
+                field,
                 fraction: pct,
             });
         }
         for (i, m) in r.mirrors.iter().flatten().enumerate() {
             let mf = format!("{f}.mirrors[{i}]");
+            let field = format!("{mf}.destination");
             mirrors.push(Mirror {
-                destination: self.destination(&format!("{mf}.destination"), &m.destination)?,
+                destination: self.destination(&field, &m.destination)?,
+                field,
                 fraction: match &m.percentage {
                     Some(p) => percent(&format!("{mf}.percentage"), p)?,
                     None => 1.0,
