@@ -13,7 +13,7 @@ use layout::gv::{DotParser, GraphBuilder};
 use prometheus_parse::{Sample, Scrape, Value};
 use serde::Serialize;
 
-use crate::output::{self};
+use crate::output;
 use crate::{admin, Error, Outcome, OutputArg};
 
 #[derive(Args)]
@@ -63,8 +63,10 @@ pub fn run(cmd: Cmd) -> Result<Outcome, Error> {
     }
     let mut texts = Vec::new();
     for url in &cmd.urls {
-        let url = if url.trim_end_matches('/').matches('/').count() > 2 {
-            url.clone()
+        // `host:port` or `http://host:port` get the default path; a given path is kept.
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let url = if rest.trim_end_matches('/').contains('/') {
+            admin::join(url, "")
         } else {
             admin::join(url, "/metrics")
         };
@@ -275,15 +277,10 @@ pub fn dot(g: &Graph) -> String {
         out.push_str(&format!("  {};\n", q(n)));
     }
     for e in &g.edges {
-        let style = if e.mtls {
-            String::new()
-        } else {
-            ", color=red, style=dashed".into()
-        };
-        let style = if !e.mtls || e.errors == 0 {
-            style
-        } else {
-            ", color=orange".into()
+        let style = match (e.mtls, e.errors) {
+            (false, _) => ", color=red, style=dashed",
+            (true, 0) => "",
+            (true, _) => ", color=orange",
         };
         out.push_str(&format!(
             "  {} -> {} [label={}{style}];\n",
