@@ -135,6 +135,23 @@ async fn status_where(
     wait_for(&mut r.status, what, done).await
 }
 
+/// An API server holding `MESH`, and those objects.
+async fn serving_mesh() -> (FakeApiServer, Vec<Value>) {
+    let api = FakeApiServer::start().await;
+    let objects = docs(MESH);
+    for o in &objects {
+        api.apply(o.clone());
+    }
+    (api, objects)
+}
+
+/// A source on `api`, once it has published the initial state.
+async fn synced(api: &FakeApiServer) -> (Running, Arc<MeshState>) {
+    let mut r = start(api);
+    let s = state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    (r, s)
+}
+
 fn has_pod(s: &MeshState, name: &str) -> bool {
     s.workloads().any(|w| w.name == name)
 }
@@ -148,13 +165,8 @@ fn pod(name: &str, ip: &str) -> Value {
 
 #[tokio::test]
 async fn initial_list_then_added_modified_deleted_match_the_file_source() {
-    let api = FakeApiServer::start().await;
-    let mut objects = docs(MESH);
-    for o in &objects {
-        api.apply(o.clone());
-    }
-    let mut r = start(&api);
-    let s = state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    let (api, mut objects) = serving_mesh().await;
+    let (mut r, s) = synced(&api).await;
     assert_same(&s, &objects);
     assert!(r.status.borrow().synced);
 
@@ -188,13 +200,8 @@ async fn initial_list_then_added_modified_deleted_match_the_file_source() {
 
 #[tokio::test]
 async fn bookmarks_and_watch_reconnects_lose_nothing() {
-    let api = FakeApiServer::start().await;
-    let mut objects = docs(MESH);
-    for o in &objects {
-        api.apply(o.clone());
-    }
-    let mut r = start(&api);
-    state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    let (api, mut objects) = serving_mesh().await;
+    let (mut r, _) = synced(&api).await;
     api.bookmark();
     api.close_watches();
     let p = pod("backend-3", "10.1.2.5");
@@ -211,13 +218,8 @@ async fn bookmarks_and_watch_reconnects_lose_nothing() {
 
 #[tokio::test]
 async fn gone_relists_and_forgets_objects_deleted_meanwhile() {
-    let api = FakeApiServer::start().await;
-    let mut objects = docs(MESH);
-    for o in &objects {
-        api.apply(o.clone());
-    }
-    let mut r = start(&api);
-    state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    let (api, mut objects) = serving_mesh().await;
+    let (mut r, _) = synced(&api).await;
     // While the watchers are away, history they have not seen is compacted: their next
     // watch gets 410 Gone, and only a fresh list can tell them backend-1 was deleted.
     api.set_down(true);
@@ -241,13 +243,8 @@ async fn gone_relists_and_forgets_objects_deleted_meanwhile() {
 
 #[tokio::test]
 async fn an_api_outage_keeps_the_last_state_serving_and_says_so() {
-    let api = FakeApiServer::start().await;
-    let mut objects = docs(MESH);
-    for o in &objects {
-        api.apply(o.clone());
-    }
-    let mut r = start(&api);
-    let before = state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    let (api, mut objects) = serving_mesh().await;
+    let (mut r, before) = synced(&api).await;
     api.set_down(true);
     let st = status_where(&mut r, "the outage to be reported", |s| !s.connected()).await;
     assert!(st.synced);
@@ -274,13 +271,8 @@ async fn an_api_outage_keeps_the_last_state_serving_and_says_so() {
 
 #[tokio::test]
 async fn an_invalid_object_is_rejected_alone_and_its_last_version_keeps_serving() {
-    let api = FakeApiServer::start().await;
-    let objects = docs(MESH);
-    for o in &objects {
-        api.apply(o.clone());
-    }
-    let mut r = start(&api);
-    state_where(&mut r, "the initial state", |s| s.workload_count() == 2).await;
+    let (api, objects) = serving_mesh().await;
+    let (mut r, _) = synced(&api).await;
     let mut bad = objects[7].clone();
     bad["spec"]["http"][0]["rout"] = bad["spec"]["http"][0]["route"].take();
     api.apply(bad);
@@ -302,11 +294,7 @@ async fn an_invalid_object_is_rejected_alone_and_its_last_version_keeps_serving(
 
 #[tokio::test]
 async fn a_waypoint_scope_watches_istio_objects_of_its_namespaces_only() {
-    let api = FakeApiServer::start().await;
-    let objects = docs(MESH);
-    for o in &objects {
-        api.apply(o.clone());
-    }
+    let (api, objects) = serving_mesh().await;
     let mut elsewhere = objects[7].clone();
     elsewhere["metadata"]["namespace"] = "legacy".into();
     api.apply(elsewhere);
