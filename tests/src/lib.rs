@@ -476,8 +476,8 @@ impl Mesh {
             .get("version")
             .cloned()
             .unwrap_or_else(|| "v1".into());
-        let mut child = Command::new(bin("e2e-app"))
-            .arg("serve")
+        let mut cmd = Command::new(bin("e2e-app"));
+        cmd.arg("serve")
             .args([
                 "--port",
                 &port.to_string(),
@@ -489,15 +489,8 @@ impl Mesh {
             .args(extra)
             .arg("--cgroup")
             .arg(p.cgroup.join("app"))
-            .args(["--netns", &format!("/run/netns/{}", p.netns)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut out = child.stdout.take().expect("piped");
-        let mut buf = [0u8; 10];
-        out.read_exact(&mut buf).context("HTTP app did not start")?;
-        self.children.push(child);
-        Ok(())
+            .args(["--netns", &format!("/run/netns/{}", p.netns)]);
+        self.start_listening(cmd, "HTTP app")
     }
 
     /// Runs `e2e-app load` in `pod` and returns its JSON summary.
@@ -712,19 +705,22 @@ impl Mesh {
 
     /// Starts the echo server in `pod` on `port`, and waits until it listens.
     pub fn serve(&mut self, pod: &str, port: u16) -> Result<()> {
-        let mut child = self
-            .command(
-                pod,
-                &["echo-server", "--port", &port.to_string(), "--name", pod],
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let cmd = self.command(
+            pod,
+            &["echo-server", "--port", &port.to_string(), "--name", pod],
+        );
+        self.start_listening(cmd, "echo server")
+    }
+
+    /// Spawns a server (`cmd`), waits for the `listening` line test servers print once they
+    /// accept, and keeps it for cleanup.
+    pub fn start_listening(&mut self, mut cmd: Command, what: &str) -> Result<()> {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn()?;
         let mut out = child.stdout.take().expect("piped");
+        self.children.push(child);
         let mut buf = [0u8; 10];
         out.read_exact(&mut buf)
-            .context("echo server did not start")?;
-        self.children.push(child);
+            .with_context(|| format!("{what} did not start"))?;
         Ok(())
     }
 

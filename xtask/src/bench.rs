@@ -244,16 +244,8 @@ pub fn l4() -> Result<()> {
         vec!["http-server", "--port", "8080", "--size", "1024"],
         vec!["hold-server", "--port", "9000"],
     ] {
-        let mut c = mesh
-            .command("server", &args)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(c.stdout.take().context("stdout")?),
-            &mut line,
-        )?;
-        mesh.adopt(c);
+        let cmd = mesh.command("server", &args);
+        mesh.start_listening(cmd, args[0])?;
     }
     std::thread::sleep(Duration::from_millis(300));
 

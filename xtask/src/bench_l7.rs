@@ -160,19 +160,11 @@ pub fn l7() -> Result<()> {
         .pod(PodSpec::new("nginx", "edge").node(0))
         .service(ServiceSpec::new("server", "bench", VIP.parse()?).named_port("http", 80, 8080))
         .start()?;
-    let mut c = mesh
-        .command(
-            "server",
-            &["http-server", "--port", "8080", "--size", "1024"],
-        )
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(c.stdout.take().context("stdout")?),
-        &mut line,
-    )?;
-    mesh.adopt(c);
+    let cmd = mesh.command(
+        "server",
+        &["http-server", "--port", "8080", "--size", "1024"],
+    );
+    mesh.start_listening(cmd, "http-server")?;
     let server = format!("{}:8080", mesh.pod("server").ip);
     let conf = nginx_conf(mesh.dir.path(), &server)?;
     let nginx = mesh
