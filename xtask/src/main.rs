@@ -77,10 +77,13 @@ fn main() -> Result<()> {
 
 pub fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("+ cargo {}", args.join(" "));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .status()
-        .context("running cargo")?;
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args);
+    if std::env::var_os("CI").is_some() {
+        // A CI clone is built once: incremental caches would only take disk space.
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
+    let status = cmd.status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }
