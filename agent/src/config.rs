@@ -46,6 +46,10 @@ pub struct Args {
     /// Holds cert.pem and key.pem (this node's bootstrap identity) and root.pem (mesh root).
     #[arg(long, env = "LANYARD_CA_BOOTSTRAP")]
     pub ca_bootstrap: PathBuf,
+    /// A projected ServiceAccount token (audience istio-ca) to authenticate to the CA with,
+    /// instead of cert.pem and key.pem in --ca-bootstrap (which then needs only root.pem).
+    #[arg(long, env = "LANYARD_CA_TOKEN")]
+    pub ca_token: Option<PathBuf>,
     #[arg(long, default_value = "lanyard-ca")]
     pub ca_server_name: String,
     /// Requested workload certificate lifetime, in seconds.
@@ -90,6 +94,7 @@ pub struct Config {
     pub root_namespace: String,
     pub ca_address: String,
     pub ca_bootstrap: PathBuf,
+    pub ca_token: Option<PathBuf>,
     pub ca_server_name: String,
     pub cert_ttl: Duration,
     pub cgroup_root: PathBuf,
@@ -123,6 +128,7 @@ impl From<Args> for Config {
             root_namespace: a.root_namespace,
             ca_address: a.ca_address,
             ca_bootstrap: a.ca_bootstrap,
+            ca_token: a.ca_token,
             ca_server_name: a.ca_server_name,
             cert_ttl: Duration::from_secs(a.cert_ttl),
             cgroup_root: a.cgroup_root,

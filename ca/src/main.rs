@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lanyard_ca::{entitlement, root, server};
-use lanyard_core::config::FileSource;
+use lanyard_ca::{cluster, entitlement, root, server, token};
 use lanyard_core::state::Settings;
-use tokio::sync::watch;
+use lanyard_kube::{ConfigSource, Scope};
 
 #[derive(Parser)]
 #[command(name = "lanyard-ca", about = "Lanyard's certificate authority")]
@@ -26,13 +25,31 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:15012", env = "LANYARD_CA_LISTEN")]
         listen: SocketAddr,
         /// Holds root-cert.pem and root-key.pem; generated there on first start if absent.
-        #[arg(long, env = "LANYARD_CA_ROOT_DIR")]
-        root_dir: PathBuf,
+        #[arg(
+            long,
+            env = "LANYARD_CA_ROOT_DIR",
+            required_unless_present = "root_secret"
+        )]
+        root_dir: Option<PathBuf>,
+        /// `namespace/name` of the Secret holding root-cert.pem and root-key.pem (created
+        /// on first start if absent); the root certificate alone is published to ConfigMap
+        /// `--root-configmap` in the same namespace.
+        #[arg(long, env = "LANYARD_CA_ROOT_SECRET", conflicts_with = "root_dir")]
+        root_secret: Option<String>,
+        #[arg(long, default_value = "lanyard-ca-root")]
+        root_configmap: String,
         #[arg(long, default_value = "cluster.local", env = "LANYARD_TRUST_DOMAIN")]
         trust_domain: String,
-        /// Mesh objects (pods with their nodes) that decide which node may get which identity.
+        /// Mesh objects (pods with their nodes) that decide which node may get which
+        /// identity. Without it they come from the Kubernetes API, and callers may present
+        /// a ServiceAccount token instead of a client certificate.
         #[arg(long, env = "LANYARD_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// ServiceAccounts (`namespace/name`) whose tokens act as node agents.
+        #[arg(long = "node-agent", default_value = "lanyard-system/lanyard-agent")]
+        node_agents: Vec<String>,
+        #[arg(long, default_value = token::DEFAULT_AUDIENCE)]
+        token_audience: String,
         #[arg(long, default_value = "lanyard-ca")]
         server_name: String,
         /// Longest certificate lifetime granted, in seconds.
@@ -72,30 +89,87 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             listen,
             root_dir,
+            root_secret,
+            root_configmap,
             trust_domain,
             config,
+            node_agents,
+            token_audience,
             server_name,
             max_ttl,
         } => {
-            let authority = Arc::new(root::load_or_generate(&root_dir, &trust_domain)?);
             let settings = Arc::new(Settings {
-                trust_domain,
+                trust_domain: trust_domain.clone(),
                 ..Default::default()
             });
-            let mut source = FileSource::new(config, settings);
-            let initial = source.load()?.unwrap_or_default();
+            let client = match config {
+                Some(_) => None,
+                None => Some(kube::Client::try_default().await.context(
+                    "no --config given, and no Kubernetes API (in-cluster config or KUBECONFIG)",
+                )?),
+            };
+            let authority = match (&root_dir, &root_secret, &client) {
+                (Some(dir), _, _) => root::load_or_generate(dir, &trust_domain)?,
+                (None, Some(secret), Some(client)) => {
+                    let (ns, name) = token::parse_account(secret)
+                        .context("--root-secret must be <namespace>/<name>")?;
+                    let authority =
+                        cluster::root_from_secret(client.clone(), &ns, &name, &trust_domain)
+                            .await?;
+                    cluster::publish_root(
+                        client.clone(),
+                        &ns,
+                        &root_configmap,
+                        authority.root_pem(),
+                    )
+                    .await?;
+                    authority
+                }
+                _ => anyhow::bail!("--root-secret needs the Kubernetes API: drop --config"),
+            };
+            let tokens = match &client {
+                Some(client) => {
+                    let agents = node_agents
+                        .iter()
+                        .map(|a| {
+                            token::parse_account(a).with_context(|| {
+                                format!("--node-agent {a:?}: want <namespace>/<name>")
+                            })
+                        })
+                        .collect::<anyhow::Result<_>>()?;
+                    Some(token::TokenAuthenticator::new(
+                        client.clone(),
+                        token_audience,
+                        trust_domain,
+                        agents,
+                    ))
+                }
+                None => None,
+            };
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            let (tx, rx) = watch::channel(Arc::new(initial));
-            tokio::spawn(source.run(Duration::from_millis(500), tx));
+            let source = ConfigSource::from_flag(
+                config.as_deref(),
+                Duration::from_millis(500),
+                Scope::Cluster,
+            );
+            let running = lanyard_kube::start(source, settings).await?;
             let serve = server::ServeConfig {
                 server_name,
                 max_ttl: Duration::from_secs(max_ttl),
                 default_ttl: Duration::from_secs(max_ttl),
+                tokens,
             };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            server::serve(listener, serve, authority, rx, shutdown).await?;
+            server::serve(
+                listener,
+                serve,
+                Arc::new(authority),
+                running.states,
+                shutdown,
+            )
+            .await?;
         }
         Command::Bootstrap {
             root_dir,

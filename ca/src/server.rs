@@ -1,4 +1,5 @@
-//! Runs the gRPC server: TLS with client certificates required, chained to the mesh root.
+//! Runs the gRPC server: TLS chained to the mesh root, with client certificates required
+//! unless ServiceAccount tokens are accepted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +12,15 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 
 use crate::service::CaService;
+use crate::token::TokenAuthenticator;
 
 pub struct ServeConfig {
     /// DNS name in the serving certificate; clients check it.
     pub server_name: String,
     pub max_ttl: Duration,
     pub default_ttl: Duration,
+    /// Accept ServiceAccount tokens (client certificates become optional).
+    pub tokens: Option<TokenAuthenticator>,
 }
 
 /// Serves on an already bound listener (bound before anything is spawned, so a port clash
@@ -35,12 +39,14 @@ pub async fn serve(
     )?;
     let tls = ServerTlsConfig::new()
         .identity(TlsIdentity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(authority.root_pem()));
+        .client_ca_root(Certificate::from_pem(authority.root_pem()))
+        .client_auth_optional(config.tokens.is_some());
     let service = CaService {
         authority,
         state,
         max_ttl: config.max_ttl,
         default_ttl: config.default_ttl,
+        tokens: config.tokens,
     };
     Server::builder()
         .tls_config(tls)?

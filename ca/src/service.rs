@@ -16,12 +16,15 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::entitlement::{authorize, Caller};
+use crate::token::TokenAuthenticator;
 
 pub struct CaService {
     pub authority: Arc<Authority>,
     pub state: watch::Receiver<Arc<MeshState>>,
     pub max_ttl: Duration,
     pub default_ttl: Duration,
+    /// Set in a cluster: callers without a client certificate present a token.
+    pub tokens: Option<TokenAuthenticator>,
 }
 
 fn uris_of(der: &[u8]) -> Vec<String> {
@@ -78,18 +81,41 @@ fn requested_identity(req: &IstioCertificateRequest) -> Result<Identity, Status>
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+// === impl CaService ===
+
+impl CaService {
+    /// A client certificate decides when there is one; otherwise the bearer token does.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        if let Some(cert) = request.peer_certs().and_then(|c| c.first().cloned()) {
+            let uris = uris_of(&cert);
+            return Caller::from_uris(uris.iter().map(String::as_str))
+                .map_err(|e| Status::unauthenticated(e.to_string()));
+        }
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (&self.tokens, token) {
+            (Some(tokens), Some(token)) => tokens.authenticate(token).await.map_err(|e| {
+                warn!(target: "ca", "refused a token: {e}");
+                Status::unauthenticated(e.to_string())
+            }),
+            (Some(_), None) => Err(Status::unauthenticated(
+                "no client certificate and no bearer token",
+            )),
+            (None, _) => Err(Status::unauthenticated("no client certificate")),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl IstioCertificateService for CaService {
     async fn create_certificate(
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let caller_uris = request
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|c| uris_of(c)))
-            .unwrap_or_default();
-        let caller = Caller::from_uris(caller_uris.iter().map(String::as_str))
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let caller = self.caller(&request).await?;
         let req = request.into_inner();
         let requested = requested_identity(&req)?;
         let state = self.state.borrow().clone();

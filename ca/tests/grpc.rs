@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard_ca::{entitlement, server};
-use lanyard_core::ca::{csr_for, Authority, CaClient, CertificateProvider, ClientTls};
+use lanyard_core::ca::{csr_for, Authority, CaClient, CertificateProvider, ClientTls, Credential};
 use lanyard_core::config::{parse_documents, Store};
 use lanyard_core::identity::Identity;
 use lanyard_core::state::{MeshState, Settings};
@@ -37,6 +37,7 @@ async fn start_ca() -> (Arc<Authority>, String) {
         server_name: "lanyard-ca".into(),
         max_ttl: Duration::from_secs(3600),
         default_ttl: Duration::from_secs(3600),
+        tokens: None,
     };
     let a = authority.clone();
     tokio::spawn(async move {
@@ -54,8 +55,7 @@ fn client(authority: &Authority, addr: &str, uri: &str) -> CaClient {
         .unwrap();
     let tls = ClientTls {
         root_pem: authority.root_pem().to_string(),
-        cert_pem,
-        key_pem,
+        credential: Credential::Certificate { cert_pem, key_pem },
         server_name: "lanyard-ca".into(),
     };
     CaClient::new(addr, Some(tls)).unwrap()
@@ -109,8 +109,7 @@ async fn unknown_or_untrusted_callers_are_refused() {
         .unwrap();
     let tls = ClientTls {
         root_pem: authority.root_pem().into(),
-        cert_pem,
-        key_pem,
+        credential: Credential::Certificate { cert_pem, key_pem },
         server_name: "lanyard-ca".into(),
     };
     let forged = CaClient::new(&addr, Some(tls)).unwrap();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -53,6 +53,8 @@ struct Inner {
     gone: std::sync::atomic::AtomicUsize,
     tx: broadcast::Sender<Msg>,
     down: AtomicBool,
+    /// TokenReview answers: bearer token → the `status.user` it authenticates as.
+    tokens: Mutex<HashMap<String, Value>>,
 }
 
 pub struct FakeApiServer {
@@ -67,26 +69,32 @@ impl Drop for FakeApiServer {
     }
 }
 
-/// `apiVersion` + plural → the collection key the URL paths map to.
-fn collection_of(obj: &Value) -> String {
-    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-    let plural = match obj["kind"].as_str().unwrap_or_default() {
-        "Namespace" => "namespaces",
-        "Pod" => "pods",
-        "Service" => "services",
-        "AuthorizationPolicy" => "authorizationpolicies",
-        "PeerAuthentication" => "peerauthentications",
-        "RequestAuthentication" => "requestauthentications",
-        "VirtualService" => "virtualservices",
-        "DestinationRule" => "destinationrules",
-        other => panic!("the fake API server does not serve {other}"),
-    };
-    // Istio serves every version from one storage: file them all under v1.
-    let group = api_version.rsplit_once('/').map(|(g, _)| g);
-    match group {
-        Some(g) => format!("{g}/v1/{plural}"),
-        None => format!("v1/{plural}"),
+/// A kind's plural, by the rule the kinds served here follow.
+fn plural_of(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    if let Some(stem) = lower.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if lower.ends_with('s') {
+        format!("{lower}es")
+    } else {
+        format!("{lower}s")
     }
+}
+
+/// `group/version/plural` (or `v1/plural`): the key URL paths map to. Istio serves every
+/// version from one storage, so its kinds are all filed under v1.
+fn collection_key(api_version: &str, plural: &str) -> String {
+    match api_version.rsplit_once('/') {
+        Some((g, _)) if g.ends_with("istio.io") => format!("{g}/v1/{plural}"),
+        _ => format!("{api_version}/{plural}"),
+    }
+}
+
+fn collection_of(obj: &Value) -> String {
+    collection_key(
+        obj["apiVersion"].as_str().unwrap_or_default(),
+        &plural_of(obj["kind"].as_str().unwrap_or_default()),
+    )
 }
 
 fn key_of(obj: &Value) -> (String, String) {
@@ -115,6 +123,7 @@ impl FakeApiServer {
             gone: Default::default(),
             tx,
             down: AtomicBool::new(false),
+            tokens: Mutex::default(),
         });
         let served = inner.clone();
         let task = tokio::spawn(async move {
@@ -137,7 +146,7 @@ impl FakeApiServer {
                                 // Closes the kept-alive connection without an answer.
                                 return Err(std::io::Error::other("down"));
                             }
-                            Ok(handle(&inner, req))
+                            Ok(handle(&inner, req).await)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -155,51 +164,35 @@ impl FakeApiServer {
     }
 
     /// Creates or replaces an object (ADDED or MODIFIED to watchers).
-    pub fn apply(&self, mut obj: Value) {
-        let mut s = self.inner.state.lock().unwrap();
-        s.rv += 1;
-        let rv = s.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let coll = collection_of(&obj);
-        let key = key_of(&obj);
-        let c = s.collections.entry(coll.clone()).or_default();
-        let kind = if c.objects.insert(key.clone(), obj.clone()).is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        self.record(c, coll, rv, kind, obj, key.0);
+    pub fn apply(&self, obj: Value) {
+        self.inner.store(obj);
     }
 
     pub fn delete(&self, obj: &Value) {
-        let mut s = self.inner.state.lock().unwrap();
-        s.rv += 1;
-        let rv = s.rv;
-        let coll = collection_of(obj);
-        let key = key_of(obj);
-        let c = s.collections.entry(coll.clone()).or_default();
-        if let Some(mut gone) = c.objects.remove(&key) {
-            gone["metadata"]["resourceVersion"] = json!(rv.to_string());
-            self.record(c, coll, rv, "DELETED", gone, key.0);
-        }
+        self.inner.remove(&collection_of(obj), key_of(obj));
     }
 
-    fn record(
-        &self,
-        c: &mut Collection,
-        coll: String,
-        rv: u64,
-        kind: &str,
-        obj: Value,
-        ns: String,
-    ) {
-        let event = json!({"type": kind, "object": obj});
-        c.log.push((rv, event.clone(), ns.clone()));
-        let _ = self.inner.tx.send(Msg::Event {
-            collection: coll,
-            event,
-            namespace: ns,
-        });
+    /// An object as stored, by `apiVersion`, kind, namespace and name.
+    pub fn get(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let coll = collection_key(api_version, &plural_of(kind));
+        self.inner.lookup(&coll, ns, name)
+    }
+
+    /// Every stored object of a kind, in all namespaces.
+    pub fn list(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        let coll = collection_key(api_version, &plural_of(kind));
+        let s = self.inner.state.lock().unwrap();
+        s.collections
+            .get(&coll)
+            .map(|c| c.objects.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes TokenReview authenticate `token` as `user` (`{"username": …, "extra": …}`);
+    /// any other token is answered as a real server answers a forged or expired one.
+    pub fn add_token(&self, token: &str, user: Value) {
+        let mut tokens = self.inner.tokens.lock().unwrap();
+        tokens.insert(token.to_string(), user);
     }
 
     /// Sends a BOOKMARK at the current version on every open watch.
@@ -233,6 +226,92 @@ impl FakeApiServer {
     }
 }
 
+// === impl Inner ===
+
+impl Inner {
+    /// Creates or replaces; returns the stored object and whether it is new.
+    fn store(&self, mut obj: Value) -> (Value, bool) {
+        let mut s = self.state.lock().unwrap();
+        s.rv += 1;
+        let rv = s.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{rv}"));
+        }
+        let coll = collection_of(&obj);
+        let key = key_of(&obj);
+        let c = s.collections.entry(coll.clone()).or_default();
+        let created = c.objects.insert(key.clone(), obj.clone()).is_none();
+        let kind = if created { "ADDED" } else { "MODIFIED" };
+        self.record(c, coll, rv, kind, obj.clone(), key.0);
+        (obj, created)
+    }
+
+    fn remove(&self, coll: &str, key: (String, String)) -> Option<Value> {
+        let mut s = self.state.lock().unwrap();
+        s.rv += 1;
+        let rv = s.rv;
+        let c = s.collections.entry(coll.to_string()).or_default();
+        let mut gone = c.objects.remove(&key)?;
+        gone["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.record(c, coll.to_string(), rv, "DELETED", gone.clone(), key.0);
+        Some(gone)
+    }
+
+    fn record(
+        &self,
+        c: &mut Collection,
+        coll: String,
+        rv: u64,
+        kind: &str,
+        obj: Value,
+        ns: String,
+    ) {
+        let event = json!({"type": kind, "object": obj});
+        c.log.push((rv, event.clone(), ns.clone()));
+        let _ = self.tx.send(Msg::Event {
+            collection: coll,
+            event,
+            namespace: ns,
+        });
+    }
+
+    fn lookup(&self, coll: &str, ns: &str, name: &str) -> Option<Value> {
+        let s = self.state.lock().unwrap();
+        let key = (ns.to_string(), name.to_string());
+        s.collections.get(coll)?.objects.get(&key).cloned()
+    }
+
+    fn token_review(&self, review: &Value) -> Value {
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let status = match self.tokens.lock().unwrap().get(token) {
+            Some(user) => json!({"authenticated": true, "user": user,
+                                 "audiences": review["spec"]["audiences"]}),
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        let mut review = review.clone();
+        review["status"] = status;
+        review
+    }
+}
+
+/// RFC 7386 merge: what a merge patch does, and near enough to what a server-side apply by
+/// one field manager does.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
 fn full(status: StatusCode, v: Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -246,28 +325,131 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
-/// `/api/v1[/namespaces/NS]/PLURAL` or `/apis/G/V[/namespaces/NS]/PLURAL`.
-fn parse_path(path: &str) -> Option<(String, Option<String>)> {
+struct Target {
+    collection: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// `/api/v1[/namespaces/NS]/PLURAL[/NAME]` or `/apis/G/V[/namespaces/NS]/PLURAL[/NAME]`.
+fn parse_path(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (prefix, rest) = match parts.as_slice() {
+    let (api_version, rest) = match parts.as_slice() {
         ["api", v, rest @ ..] => (v.to_string(), rest.to_vec()),
         ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest.to_vec()),
         _ => return None,
     };
-    match rest.as_slice() {
-        [plural] => Some((format!("{prefix}/{plural}"), None)),
-        ["namespaces", ns, plural] => Some((format!("{prefix}/{plural}"), Some(ns.to_string()))),
-        _ => None,
+    let (namespace, plural, name) = match rest.as_slice() {
+        [plural] => (None, *plural, None),
+        ["namespaces", name] => (None, "namespaces", Some(*name)),
+        [plural, name] => (None, *plural, Some(*name)),
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
+        _ => return None,
+    };
+    Some(Target {
+        collection: collection_key(&api_version, plural),
+        namespace: namespace.map(str::to_string),
+        name: name.map(str::to_string),
+    })
+}
+
+/// Create, read, replace, patch and delete of single objects, and TokenReview.
+fn handle_object(inner: &Inner, method: &Method, t: &Target, body: Value) -> Response<Body> {
+    let ns = t.namespace.clone().unwrap_or_default();
+    let not_found = || {
+        let msg = format!("{} not found", t.collection);
+        full(StatusCode::NOT_FOUND, status_body(404, "NotFound", &msg))
+    };
+    let placed = |mut obj: Value, name: Option<&str>| {
+        if let Some(ns) = &t.namespace {
+            obj["metadata"]["namespace"] = json!(ns);
+        }
+        if let Some(name) = name {
+            obj["metadata"]["name"] = json!(name);
+        }
+        obj
+    };
+    match (method, t.name.as_deref()) {
+        (&Method::POST, None) if t.collection.ends_with("/tokenreviews") => {
+            full(StatusCode::CREATED, inner.token_review(&body))
+        }
+        (&Method::POST, None) => {
+            let obj = placed(body, None);
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            if inner.lookup(&t.collection, &ns, name).is_some() {
+                let msg = format!("{name} already exists");
+                return full(
+                    StatusCode::CONFLICT,
+                    status_body(409, "AlreadyExists", &msg),
+                );
+            }
+            full(StatusCode::CREATED, inner.store(obj).0)
+        }
+        (&Method::GET, Some(name)) => match inner.lookup(&t.collection, &ns, name) {
+            Some(obj) => full(StatusCode::OK, obj),
+            None => not_found(),
+        },
+        (&Method::PUT, Some(name)) => match inner.lookup(&t.collection, &ns, name) {
+            Some(_) => full(StatusCode::OK, inner.store(placed(body, Some(name))).0),
+            None => not_found(),
+        },
+        (&Method::PATCH, Some(name)) => {
+            let mut obj = inner
+                .lookup(&t.collection, &ns, name)
+                .unwrap_or_else(|| json!({}));
+            merge(&mut obj, &body);
+            let (obj, created) = inner.store(placed(obj, Some(name)));
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            full(status, obj)
+        }
+        (&Method::DELETE, Some(name)) => {
+            match inner.remove(&t.collection, (ns, name.to_string())) {
+                Some(obj) => full(StatusCode::OK, obj),
+                None => not_found(),
+            }
+        }
+        _ => full(
+            StatusCode::METHOD_NOT_ALLOWED,
+            status_body(405, "MethodNotAllowed", "not served by the fake API server"),
+        ),
     }
 }
 
-fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
-    let Some((coll, ns)) = parse_path(req.uri().path()) else {
+async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
+    let Some(target) = parse_path(req.uri().path()) else {
         return full(
             StatusCode::NOT_FOUND,
             status_body(404, "NotFound", "no such path"),
         );
     };
+    if req.method() != Method::GET || target.name.is_some() {
+        let method = req.method().clone();
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let body = match body.is_empty() {
+            true => Value::Null,
+            false => match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    let msg = format!("body is not JSON: {e}");
+                    return full(
+                        StatusCode::BAD_REQUEST,
+                        status_body(400, "BadRequest", &msg),
+                    );
+                }
+            },
+        };
+        return handle_object(inner, &method, &target, body);
+    }
+    let (coll, ns) = (target.collection, target.namespace);
+
     let query: HashMap<String, String> = req
         .uri()
         .query()

@@ -36,6 +36,10 @@ pub struct Args {
     /// Holds cert.pem and key.pem (a credential for this waypoint's identity) and root.pem.
     #[arg(long, env = "LANYARD_CA_BOOTSTRAP")]
     pub ca_bootstrap: PathBuf,
+    /// A projected ServiceAccount token (audience istio-ca) to authenticate to the CA with,
+    /// instead of cert.pem and key.pem in --ca-bootstrap (which then needs only root.pem).
+    #[arg(long, env = "LANYARD_CA_TOKEN")]
+    pub ca_token: Option<PathBuf>,
     #[arg(long, default_value = "lanyard-ca")]
     pub ca_server_name: String,
     #[arg(long, default_value = "0.0.0.0:15008")]
@@ -60,6 +64,7 @@ pub struct Config {
     pub root_namespace: String,
     pub ca_address: String,
     pub ca_bootstrap: PathBuf,
+    pub ca_token: Option<PathBuf>,
     pub ca_server_name: String,
     pub hbone_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -89,6 +94,7 @@ impl From<Args> for Config {
             root_namespace: a.root_namespace,
             ca_address: a.ca_address,
             ca_bootstrap: a.ca_bootstrap,
+            ca_token: a.ca_token,
             ca_server_name: a.ca_server_name,
             hbone_addr: a.hbone_addr,
             admin_addr: a.admin_addr,

@@ -68,6 +68,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     let secrets = lanyard_core::ca::secret_manager(
         &config.ca_bootstrap,
+        config.ca_token.as_deref(),
         &config.ca_address,
         &config.ca_server_name,
         SecretConfig::default(),

@@ -1,13 +1,14 @@
 //! Starting a workload-certificate cache from bootstrap credentials: a directory holding
-//! `cert.pem` and `key.pem` (the caller's identity toward the CA: a node agent's, or a
-//! waypoint's own) and `root.pem` (the mesh root, which also anchors peer verification).
+//! `root.pem` (the mesh root, which also anchors peer verification) and either `cert.pem`
+//! and `key.pem` (the caller's identity toward the CA: a node agent's, or a waypoint's own)
+//! or, in a cluster, nothing more: a ServiceAccount token file proves the caller instead.
 
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use super::{CaClient, ClientTls};
+use super::{CaClient, ClientTls, Credential};
 use crate::secrets::{SecretConfig, SecretManager};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,10 @@ pub enum BootstrapError {
 }
 
 /// A secret manager that asks the CA at `address` (checked as `server_name`) for
-/// certificates, authenticating with the credentials in `dir`.
+/// certificates, authenticating with `token` if given, else the certificate in `dir`.
 pub fn secret_manager(
     dir: &Path,
+    token: Option<&Path>,
     address: &str,
     server_name: &str,
     config: SecretConfig,
@@ -43,10 +45,16 @@ pub fn secret_manager(
         .ok_or_else(|| BootstrapError::BadRoot {
             path: dir.join("root.pem"),
         })?;
+    let credential = match token {
+        Some(path) => Credential::Token(path.to_path_buf()),
+        None => Credential::Certificate {
+            cert_pem: read("cert.pem")?,
+            key_pem: read("key.pem")?,
+        },
+    };
     let tls = ClientTls {
         root_pem,
-        cert_pem: read("cert.pem")?,
-        key_pem: read("key.pem")?,
+        credential,
         server_name: server_name.to_string(),
     };
     Ok(SecretManager::new(

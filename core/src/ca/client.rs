@@ -1,6 +1,8 @@
-//! The gRPC client of `IstioCertificateService`, authenticated with mTLS (a node bootstrap
-//! certificate in standalone mode).
+//! The gRPC client of `IstioCertificateService`, authenticated with a client certificate
+//! (standalone: a node's bootstrap certificate) or a ServiceAccount token (in a cluster, as
+//! Istio's agents do toward istiod).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use prost_types::{value::Kind, Struct, Value};
@@ -15,15 +17,26 @@ use crate::identity::Identity;
 #[derive(Clone, Debug)]
 pub struct ClientTls {
     pub root_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
+    pub credential: Credential,
     /// The DNS name in the CA's serving certificate.
     pub server_name: String,
 }
 
 #[derive(Clone, Debug)]
+pub enum Credential {
+    Certificate {
+        cert_pem: String,
+        key_pem: String,
+    },
+    /// A projected ServiceAccount token file, read again for every request because the
+    /// kubelet rotates it.
+    Token(PathBuf),
+}
+
+#[derive(Clone, Debug)]
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
+    token: Option<PathBuf>,
 }
 
 // === impl CaClient ===
@@ -35,17 +48,24 @@ impl CaClient {
             .map_err(|e| Error::Unreachable(format!("bad CA address {address:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10));
+        let mut token = None;
         if let Some(tls) = tls {
-            let config = ClientTlsConfig::new()
+            let mut config = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(tls.root_pem))
-                .identity(TlsIdentity::from_pem(tls.cert_pem, tls.key_pem))
                 .domain_name(tls.server_name);
+            match tls.credential {
+                Credential::Certificate { cert_pem, key_pem } => {
+                    config = config.identity(TlsIdentity::from_pem(cert_pem, key_pem));
+                }
+                Credential::Token(path) => token = Some(path),
+            }
             endpoint = endpoint
                 .tls_config(config)
                 .map_err(|e| Error::Unreachable(format!("CA TLS settings: {e}")))?;
         }
         Ok(Self {
             client: IstioCertificateServiceClient::new(endpoint.connect_lazy()),
+            token,
         })
     }
 }
@@ -72,6 +92,15 @@ impl CertificateProvider for CaClient {
             validity_duration: validity.as_secs() as i64,
             metadata: Some(metadata),
         };
+        let mut request = tonic::Request::new(request);
+        if let Some(path) = &self.token {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| Error::Credential(format!("reading token {}: {e}", path.display())))?;
+            let value = format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| Error::Credential(format!("token {} is not ASCII", path.display())))?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let response = self
             .client
             .clone()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use authority::{csr_for, Authority};
 pub use bootstrap::{secret_manager, BootstrapError};
-pub use client::{CaClient, ClientTls};
+pub use client::{CaClient, ClientTls, Credential};
 
 use crate::identity::Identity;
 
@@ -36,6 +36,8 @@ pub enum Error {
     Crypto(String),
     #[error("CA root is invalid: {0}")]
     BadRoot(String),
+    #[error("credential for the CA: {0}")]
+    Credential(String),
 }
 
 /// Something that turns a CSR for an identity into a certificate chain (leaf first).
