@@ -60,6 +60,17 @@ struct {
     __type(value, __u32); /* socket fd on update, as aya and libbpf pass it */
 } inbound_listeners SEC(".maps");
 
+/* IPv4 (network order) -> 1 for each address of the node itself. Connections from the node
+ * into a pod are the kubelet's health probes (and host-network pods'): they reach the app
+ * directly, so STRICT mTLS and authorization do not fail them. The kernel drops packets from
+ * outside that claim a local source address, so only the node can match. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, __u32);
+    __type(value, __u8);
+} node_sources SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 16384);
@@ -145,6 +156,9 @@ static __always_inline int try_sk_lookup(struct bpf_sk_lookup *ctx)
     __u32 port = ctx->local_port;
     if (port == LANYARD_HBONE_PORT || port == LANYARD_INBOUND_PLAINTEXT_PORT ||
         port == LANYARD_OUTBOUND_PORT)
+        return SK_PASS;
+    __u32 src = ctx->remote_ip4;
+    if (bpf_map_lookup_elem(&node_sources, &src))
         return SK_PASS;
     struct lanyard_conn4 conn = {
         .remote_ip4 = ctx->remote_ip4,

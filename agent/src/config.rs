@@ -60,6 +60,13 @@ pub struct Args {
     pub cgroup_root: PathBuf,
     #[arg(long, default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// The node's network namespace, whose addresses kubelet probes come from; they bypass
+    /// capture. Default: that of PID 1 under --proc-root.
+    #[arg(long)]
+    pub probe_netns: Option<PathBuf>,
+    /// Capture kubelet probes like any connection (STRICT mTLS then refuses them).
+    #[arg(long)]
+    pub no_probe_exemption: bool,
     /// bpffs directory for this agent's pinned maps and links.
     #[arg(long)]
     pub bpf_pin_dir: Option<PathBuf>,
@@ -99,6 +106,8 @@ pub struct Config {
     pub cert_ttl: Duration,
     pub cgroup_root: PathBuf,
     pub proc_root: PathBuf,
+    /// None: probes are captured like any connection.
+    pub probe_netns: Option<PathBuf>,
     pub bpf_pin_dir: PathBuf,
     pub mtls_mode: MtlsMode,
     pub admin_addr: SocketAddr,
@@ -120,6 +129,11 @@ impl From<Args> for Config {
         let bpf_pin_dir = a
             .bpf_pin_dir
             .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/lanyard").join(&a.node));
+        let probe_netns = (!a.no_probe_exemption).then(|| {
+            a.probe_netns
+                .clone()
+                .unwrap_or_else(|| a.proc_root.join("1/ns/net"))
+        });
         Config {
             node: a.node,
             config_file: a.config,
@@ -133,6 +147,7 @@ impl From<Args> for Config {
             cert_ttl: Duration::from_secs(a.cert_ttl),
             cgroup_root: a.cgroup_root,
             proc_root: a.proc_root,
+            probe_netns,
             bpf_pin_dir,
             mtls_mode: a.mtls_mode,
             admin_addr: a.admin_addr,

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use lanyard_agent::admin::{self, AdminState};
 use lanyard_agent::capture::netns::Netns;
-use lanyard_agent::capture::Capture;
+use lanyard_agent::capture::{probes, Capture};
 use lanyard_agent::config::{Args, Config};
 use lanyard_agent::enroll::Enroller;
 use lanyard_agent::metrics::Metrics;
@@ -106,6 +106,10 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     ensure_bpffs()?;
     let capture = Arc::new(Capture::load(&config.bpf_pin_dir, &config.cgroup_root)?);
+    if let Some(host) = config.probe_netns.clone() {
+        let every = std::time::Duration::from_secs(30);
+        tokio::spawn(probes::keep_node_sources(capture.clone(), host, every));
+    }
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(Metrics::new(&registry)?);
     lanyard_kube::metrics::register(&registry, source_status.clone())?;

@@ -558,6 +558,8 @@ impl Mesh {
             .arg(node.cgroup.join("kubepods"))
             .arg("--bpf-pin-dir")
             .arg(&node.pin_dir)
+            // The node is this namespace, where the agent runs: kubelet probes come from it.
+            .args(["--probe-netns", "/proc/self/ns/net"])
             .args(["--mtls-mode", &self.mtls_mode, "--cleanup-on-exit"])
             .env(
                 "RUST_LOG",

@@ -259,6 +259,24 @@ fn strict_refuses_legacy_plaintext_and_permissive_accepts_it() {
         1.0
     );
 
+    // A kubelet probe comes from the node itself: it reaches the app directly, not refused.
+    let node_ns = mesh.nodes[1].netns.clone();
+    let target: SocketAddr = addr.parse().unwrap();
+    let greeting = lanyard_e2e::in_netns(&node_ns, move || -> std::io::Result<String> {
+        use std::io::BufRead;
+        let s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line)?;
+        Ok(line)
+    })
+    .unwrap();
+    assert_eq!(
+        greeting.trim(),
+        "server 172.30.0.2",
+        "probe from node1's address"
+    );
+
     // The same pod under PERMISSIVE: restart the server's agent with the other mode.
     mesh.stop_agent(1);
     mesh.mtls_mode = "permissive".into();

@@ -22,13 +22,14 @@ use super::netns::Netns;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture.bpf.o"));
 
-const MAPS: [&str; 6] = [
+const MAPS: [&str; 7] = [
     "enrolled",
     "orig_dst_by_cookie",
     "orig_dst_by_tuple",
     "enrolled_pods",
     "inbound_listeners",
     "agent_conns",
+    "node_sources",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,7 @@ pub struct Capture {
     orig_dst: BpfHashMap<MapData, ConnKey, OrigDst>,
     sk_lookup_links: Mutex<HashMap<u64, PinnedLink>>,
     agent_conns: Mutex<BpfHashMap<MapData, Conn4, u8>>,
+    node_sources: Mutex<BpfHashMap<MapData, u32, u8>>,
 }
 
 /// While held, sk_lookup leaves the agent's connection with this 4-tuple alone.
@@ -124,6 +126,7 @@ impl Capture {
         let enrolled_pods = take_map(&mut ebpf, "enrolled_pods")?;
         let orig_dst = take_map(&mut ebpf, "orig_dst_by_tuple")?;
         let agent_conns = take_map(&mut ebpf, "agent_conns")?;
+        let node_sources = take_map(&mut ebpf, "node_sources")?;
         let listeners = SockHash::try_from(
             ebpf.take_map("inbound_listeners")
                 .ok_or(Error::Missing("inbound_listeners"))?,
@@ -139,7 +142,28 @@ impl Capture {
             orig_dst,
             sk_lookup_links: Mutex::new(HashMap::new()),
             agent_conns: Mutex::new(agent_conns),
+            node_sources: Mutex::new(node_sources),
         })
+    }
+
+    /// Makes `addrs` the node's own addresses, whose connections into pods are not captured
+    /// (kubelet probes). Addresses no longer present are removed.
+    pub fn set_node_sources(&self, addrs: &[Ipv4Addr]) -> Result<(), Error> {
+        let mut map = lock(&self.node_sources);
+        let want: Vec<u32> = addrs.iter().map(|a| ip_to_be(*a)).collect();
+        let stale: Vec<u32> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.contains(k))
+            .collect();
+        for key in stale {
+            let _ = map.remove(&key);
+        }
+        for key in want {
+            map.insert(key, 1, 0)
+                .map_err(|e| Error::Map("node_sources", e))?;
+        }
+        Ok(())
     }
 
     /// Starts capturing a pod: its outbound connects go to the agent's listener in `netns`,

@@ -3,5 +3,6 @@
 mod bpf;
 pub mod maps;
 pub mod netns;
+pub mod probes;
 
 pub use bpf::{Capture, Error, Exempt};
