@@ -1,13 +1,17 @@
 //! The CA's root in a cluster: kept in a Secret (created on first start, or provided by the
-//! user), and published to agents through a ConfigMap that holds only the certificate.
+//! user), and published through a ConfigMap holding only the certificate in every namespace
+//! (as istiod does with `istio-ca-root-cert`), so agents and waypoints anywhere can mount it.
 
 use std::collections::BTreeMap;
 
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
 use lanyard_core::ca::Authority;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::root::{ROOT_CERT, ROOT_KEY};
 
@@ -102,6 +106,28 @@ pub async fn publish_root(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     maps.patch(name, &params, &Patch::Apply(&apply)).await?;
     Ok(())
+}
+
+/// Keeps ConfigMap `name` with the root certificate in every namespace, new ones included.
+/// Runs until the watch ends; failures are logged and retried with the watcher's backoff.
+pub async fn distribute_root(client: kube::Client, name: String, root_pem: String) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let stream = watcher(namespaces, watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(ns)) => {
+                let Some(ns) = ns.metadata.name else { continue };
+                if let Err(e) = publish_root(client.clone(), &ns, &name, &root_pem).await {
+                    warn!(target: "ca", namespace = %ns, "publishing the mesh root: {e}");
+                }
+            }
+            Ok(None) => return,
+            Err(e) => warn!(target: "ca", "watching namespaces: {e}"),
+        }
+    }
 }
 
 fn bytes(s: &str) -> ByteString {

@@ -33,7 +33,7 @@ enum Command {
         root_dir: Option<PathBuf>,
         /// `namespace/name` of the Secret holding root-cert.pem and root-key.pem (created
         /// on first start if absent); the root certificate alone is published to ConfigMap
-        /// `--root-configmap` in the same namespace.
+        /// `--root-configmap` in every namespace.
         #[arg(long, env = "LANYARD_CA_ROOT_SECRET", conflicts_with = "root_dir")]
         root_secret: Option<String>,
         #[arg(long, default_value = "lanyard-ca-root")]
@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
                     let authority =
                         cluster::root_from_secret(client.clone(), &ns, &name, &trust_domain)
                             .await?;
+                    // Its own namespace first: agents there wait for it.
                     cluster::publish_root(
                         client.clone(),
                         &ns,
@@ -123,6 +124,11 @@ async fn main() -> anyhow::Result<()> {
                         authority.root_pem(),
                     )
                     .await?;
+                    tokio::spawn(cluster::distribute_root(
+                        client.clone(),
+                        root_configmap.clone(),
+                        authority.root_pem().to_string(),
+                    ));
                     authority
                 }
                 _ => anyhow::bail!("--root-secret needs the Kubernetes API: drop --config"),

@@ -228,6 +228,28 @@ async fn the_root_is_created_once_in_a_secret_and_published_without_its_key() {
     assert_eq!(map["data"]["root-cert.pem"], c.authority.root_pem());
     assert!(map["data"].get("root-key.pem").is_none());
 
+    // Every namespace, including one created later, gets the root to mount.
+    let distribute = tokio::spawn(cluster::distribute_root(
+        c.api.client(),
+        "lanyard-ca-root".into(),
+        c.authority.root_pem().into(),
+    ));
+    c.api
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "later"}}));
+    for ns in ["demo", "later"] {
+        let mut found = None;
+        for _ in 0..100 {
+            found = c.api.get("v1", "ConfigMap", ns, "lanyard-ca-root");
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let map = found.unwrap_or_else(|| panic!("no root ConfigMap in {ns}"));
+        assert_eq!(map["data"]["root-cert.pem"], c.authority.root_pem());
+    }
+    distribute.abort();
+
     // A Secret the user provided is used as it is; a broken one names what is wrong.
     let user_root = Authority::generate("cluster.local").unwrap();
     let b64 = |s: &str| {
