@@ -7,13 +7,16 @@
 //! - [`source`]: the watchers, the merged object set, and state publication;
 //! - [`start`]: starting the file or the Kubernetes source, as a binary's flags say;
 //! - [`metrics`]: the source's health on a registry;
-//! - `testing` (feature): an in-process API server for tests.
+//! - `testing` (feature): an in-process API server for tests;
+//! - `schema` (feature): offline validation of manifests against Kubernetes and CRD schemas.
 //!
 //! Nothing here knows about eBPF or the data path; `lanyard-core` knows nothing of this crate.
 
 pub mod kinds;
 pub mod metrics;
 pub mod prune;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod source;
 pub mod start;
 #[cfg(feature = "testing")]

@@ -3,14 +3,20 @@
 //! - `setup`: installs the system packages builds and tests need (clang, libbpf headers…);
 //! - `test`: setup, lints, every test (end-to-end ones as root, one at a time), the demo;
 //! - `lint`: rustfmt and clippy with warnings as errors;
+//! - `crds`: writes deploy/'s Istio CRDs from the schema Lanyard parses them with;
+//! - `manifests`: renders the Helm chart to deploy/lanyard.yaml (no helm needed);
 //! - `e2e-clean`: removes what a killed end-to-end run left (namespaces, cgroups, pins);
 //! - `demo [--keep]`: a local two-node mesh, walked through step by step;
 //! - `bench l4` / `bench l7` / `bench policy`: figures written to docs/benchmarks.md.
 
 mod bench;
 mod bench_l7;
+mod chart;
+mod crds;
 mod demo;
 mod demo_l7;
+#[cfg(test)]
+mod deploy_tests;
 mod setup;
 
 use std::process::Command;
@@ -41,6 +47,10 @@ enum Cmd {
         #[arg(default_value = "l4")]
         suite: String,
     },
+    /// Write deploy/'s Istio CRDs from the schema Lanyard reads them with.
+    Crds,
+    /// Render the Helm chart (with the CRDs) to deploy/lanyard.yaml.
+    Manifests,
     /// Run the local demo mesh and walk through it.
     Demo {
         /// Leave the mesh running until Ctrl-C.
@@ -55,6 +65,8 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Lint => lint(),
         Cmd::E2eClean => setup::clean_e2e(),
+        Cmd::Crds => crds::write(),
+        Cmd::Manifests => chart::write_manifest(),
         Cmd::Bench { suite } => match suite.as_str() {
             "l4" => {
                 setup::ensure()?;

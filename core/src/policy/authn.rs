@@ -7,6 +7,7 @@ use super::authz::Scope;
 use super::wire::{Invalid, PolicyTargetRef, WorkloadSelector};
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
@@ -17,6 +18,7 @@ pub struct RequestAuthenticationSpec {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtRuleWire {
     #[serde(default)]
@@ -40,6 +42,7 @@ pub struct JwtRuleWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JwtHeaderWire {
     pub name: String,
@@ -47,6 +50,7 @@ pub struct JwtHeaderWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClaimToHeaderWire {
     pub header: String,

@@ -16,6 +16,7 @@ use super::peer::{MtlsMode, PeerAuthentication};
 pub type Invalid = (String, String);
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default)]
@@ -23,6 +24,7 @@ pub struct WorkloadSelector {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTargetRef {
     #[serde(default)]
@@ -34,6 +36,7 @@ pub struct PolicyTargetRef {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<WorkloadSelector>,
@@ -45,12 +48,14 @@ pub struct AuthorizationPolicySpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     pub name: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RuleWire {
     pub from: Option<Vec<FromWire>>,
@@ -59,12 +64,14 @@ pub struct RuleWire {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FromWire {
     pub source: Option<SourceWire>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ToWire {
     pub operation: Option<OperationWire>,
@@ -73,6 +80,7 @@ pub struct ToWire {
 type Values = Option<Vec<String>>;
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceWire {
     pub principals: Values,
@@ -90,6 +98,7 @@ pub struct SourceWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OperationWire {
     pub hosts: Values,
@@ -103,6 +112,7 @@ pub struct OperationWire {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConditionWire {
     pub key: String,
@@ -111,6 +121,7 @@ pub struct ConditionWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
@@ -119,6 +130,7 @@ pub struct PeerAuthenticationSpec {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MtlsWire {
     pub mode: Option<String>,

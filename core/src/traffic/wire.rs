@@ -13,6 +13,7 @@ use serde_json::Value;
 // === VirtualService ===
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualServiceSpec {
     #[serde(default)]
@@ -28,6 +29,7 @@ pub struct VirtualServiceSpec {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteWire {
     pub name: Option<String>,
@@ -52,6 +54,7 @@ pub struct HttpRouteWire {
 
 /// Istio's `StringMatch`: one of exact/prefix/regex; none of them means "present".
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StringMatchWire {
     pub exact: Option<String>,
@@ -60,6 +63,7 @@ pub struct StringMatchWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMatchWire {
     pub name: Option<String>,
@@ -85,6 +89,7 @@ pub struct HttpMatchWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationWire {
     #[serde(default)]
@@ -94,12 +99,14 @@ pub struct DestinationWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortSelectorWire {
     pub number: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteDestinationWire {
     pub destination: Option<DestinationWire>,
@@ -108,6 +115,7 @@ pub struct RouteDestinationWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeadersWire {
     pub request: Option<HeaderOpsWire>,
@@ -115,6 +123,7 @@ pub struct HeadersWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOpsWire {
     #[serde(default)]
@@ -126,6 +135,7 @@ pub struct HeaderOpsWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedirectWire {
     pub uri: Option<String>,
@@ -137,6 +147,7 @@ pub struct RedirectWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponseWire {
     pub status: u32,
@@ -144,6 +155,7 @@ pub struct DirectResponseWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DirectBodyWire {
     pub string: Option<String>,
@@ -151,6 +163,7 @@ pub struct DirectBodyWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RewriteWire {
     pub uri: Option<String>,
@@ -159,6 +172,7 @@ pub struct RewriteWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegexRewriteWire {
     #[serde(rename = "match")]
@@ -167,6 +181,7 @@ pub struct RegexRewriteWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryWire {
     pub attempts: Option<i64>,
@@ -176,12 +191,14 @@ pub struct RetryWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PercentWire {
     pub value: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FaultWire {
     pub delay: Option<DelayWire>,
@@ -189,6 +206,7 @@ pub struct FaultWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DelayWire {
     pub fixed_delay: Option<String>,
@@ -198,6 +216,7 @@ pub struct DelayWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AbortWire {
     pub http_status: Option<i64>,
@@ -207,6 +226,7 @@ pub struct AbortWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MirrorWire {
     pub destination: DestinationWire,
@@ -214,6 +234,7 @@ pub struct MirrorWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CorsWire {
     pub allow_origins: Option<Vec<StringMatchWire>>,
@@ -230,6 +251,7 @@ pub struct CorsWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpRouteWire {
     #[serde(rename = "match", default)]
@@ -239,6 +261,7 @@ pub struct TcpRouteWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct L4MatchWire {
     #[serde(default)]
@@ -255,6 +278,7 @@ pub struct L4MatchWire {
 // === DestinationRule ===
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRuleSpec {
     #[serde(default)]
@@ -267,6 +291,7 @@ pub struct DestinationRuleSpec {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubsetWire {
     #[serde(default)]
@@ -277,6 +302,7 @@ pub struct SubsetWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicyWire {
     pub load_balancer: Option<LoadBalancerWire>,
@@ -290,6 +316,7 @@ pub struct TrafficPolicyWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerWire {
     pub simple: Option<String>,
@@ -300,6 +327,7 @@ pub struct LoadBalancerWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHashWire {
     pub http_header_name: Option<String>,
@@ -312,6 +340,7 @@ pub struct ConsistentHashWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CookieWire {
     pub name: String,
@@ -321,6 +350,7 @@ pub struct CookieWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolWire {
     pub tcp: Option<TcpPoolWire>,
@@ -328,6 +358,7 @@ pub struct ConnectionPoolWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpPoolWire {
     pub max_connections: Option<i64>,
@@ -338,6 +369,7 @@ pub struct TcpPoolWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpPoolWire {
     pub http1_max_pending_requests: Option<i64>,
@@ -351,6 +383,7 @@ pub struct HttpPoolWire {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierWire {
     pub consecutive_errors: Option<i64>,
