@@ -98,7 +98,7 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("reading the cluster: {0}")]
+    #[error("Kubernetes API: {0}")]
     Kube(String),
     #[error("encoding output: {0}")]
     Encode(String),

@@ -6,100 +6,216 @@ use serde_json::json;
 
 use crate::{Error, Outcome};
 
+/// Where the waypoint gets its certificate, and who it is.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RenderArgs {
+    /// The namespace the waypoint serves.
+    #[arg(short = 'n', long)]
+    pub namespace: String,
+    /// The waypoint's name (what `istio.io/use-waypoint` names).
+    #[arg(long, default_value = "waypoint")]
+    pub name: String,
+    #[arg(long, default_value = "ghcr.io/lanyard-mesh/lanyard-waypoint:0.1.0")]
+    pub image: String,
+    /// The CA the waypoint gets its certificate from (Lanyard's, or istiod's
+    /// https://istiod.istio-system.svc:15012).
+    #[arg(long, default_value = "https://lanyard-ca.lanyard-system.svc:15012")]
+    pub ca_address: String,
+    /// The name in the CA's serving certificate (istiod: istiod.istio-system.svc).
+    #[arg(long, default_value = "lanyard-ca.lanyard-system.svc")]
+    pub ca_server_name: String,
+    /// The ConfigMap with the mesh root the CA writes to every namespace (istiod:
+    /// istio-ca-root-cert).
+    #[arg(long, default_value = "lanyard-ca-root")]
+    pub root_configmap: String,
+    /// Istio's root namespace, whose policies the waypoint also reads.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
+    #[arg(long, default_value_t = 2)]
+    pub replicas: u32,
+    /// Also label the namespace so that its services' traffic goes through the waypoint.
+    #[arg(long)]
+    pub enroll: bool,
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Print a waypoint's ServiceAccount, Deployment and Service, and the label that binds
-    /// the namespace's services to it.
-    Render {
-        /// The namespace the waypoint serves.
-        #[arg(short = 'n', long)]
-        namespace: String,
-        /// The waypoint's name (what `istio.io/use-waypoint` names).
-        #[arg(long, default_value = "waypoint")]
-        name: String,
-        #[arg(long, default_value = "ghcr.io/lanyard-mesh/lanyard-waypoint:0.1.0")]
-        image: String,
-        /// The CA the waypoint gets its certificate from.
-        #[arg(long, default_value = "lanyard-ca.lanyard-system.svc:15012")]
-        ca_address: String,
-        #[arg(long, default_value_t = 1)]
-        replicas: u32,
-        /// Also print the Namespace label that sends its services' traffic through it.
-        #[arg(long)]
-        enroll: bool,
-    },
+    /// Print the waypoint's objects (ServiceAccount, role bindings, Deployment, Service,
+    /// PodDisruptionBudget) as YAML for `kubectl apply -f -`.
+    Render(RenderArgs),
+    /// Create or update them in the cluster (server-side apply, field manager lanyardctl).
+    Apply(RenderArgs),
 }
 
 pub fn run(cmd: Cmd) -> Result<Outcome, Error> {
-    let Cmd::Render {
-        namespace,
-        name,
-        image,
-        ca_address,
-        replicas,
-        enroll,
-    } = cmd;
-    let objects = render(&namespace, &name, &image, &ca_address, replicas, enroll);
-    for o in objects {
-        let text = serde_yaml::to_string(&o).map_err(|e| Error::Encode(e.to_string()))?;
-        print!("---\n{text}");
+    match cmd {
+        Cmd::Render(args) => {
+            for o in render(&args) {
+                let text = serde_yaml::to_string(&o).map_err(|e| Error::Encode(e.to_string()))?;
+                print!("---\n{text}");
+            }
+        }
+        Cmd::Apply(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Kube(e.to_string()))?;
+            let lines = rt.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| Error::Kube(format!("connecting: {e}")))?;
+                apply(client, &args).await
+            })?;
+            for line in lines {
+                println!("{line}");
+            }
+        }
     }
     Ok(Outcome::Ok)
 }
 
+/// Server-side applies every rendered object; returns one line per object.
+pub async fn apply(client: kube::Client, args: &RenderArgs) -> Result<Vec<String>, Error> {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+    use kube::discovery::ApiResource;
+    let params = PatchParams::apply("lanyardctl").force();
+    let mut done = Vec::new();
+    for obj in render(args) {
+        let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let resource = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: plural(kind),
+        };
+        let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .map_err(|e| Error::Kube(format!("applying {kind} {name}: {e}")))?;
+        done.push(format!("{} {name} applied", kind.to_ascii_lowercase()));
+    }
+    Ok(done)
+}
+
+fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    match lower.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{lower}s"),
+    }
+}
+
 /// The objects, in apply order. The pod opts out of capture (it is a proxy), and carries the
-/// label Istio puts on waypoint pods so that tools recognize it.
-pub fn render(
-    ns: &str,
-    name: &str,
-    image: &str,
-    ca_address: &str,
-    replicas: u32,
-    enroll: bool,
-) -> Vec<serde_json::Value> {
+/// label Istio puts on waypoint pods so that tools recognize it. It authenticates to the CA
+/// with a projected token (audience istio-ca) and checks it with the root ConfigMap.
+pub fn render(a: &RenderArgs) -> Vec<serde_json::Value> {
+    let (ns, name) = (a.namespace.as_str(), a.name.as_str());
     let labels = json!({"gateway.networking.k8s.io/gateway-name": name, "app.kubernetes.io/name": "lanyard-waypoint"});
     let mut pod_labels = labels.clone();
     pod_labels["istio.io/dataplane-mode"] = json!("none");
+    let subject = json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}]);
+    let binding = |kind: &str, binding_ns: Option<&str>, binding_name: String, role: &str| {
+        let mut metadata = json!({"name": binding_name, "labels": labels});
+        if let Some(n) = binding_ns {
+            metadata["namespace"] = json!(n);
+        }
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+               "subjects": subject})
+    };
     let mut out = vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
                "metadata": {"name": name, "namespace": ns, "labels": labels}}),
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        binding(
+            "ClusterRoleBinding",
+            None,
+            format!("lanyard-waypoint-{ns}-{name}"),
+            "lanyard-waypoint-workloads",
+        ),
+        binding(
+            "RoleBinding",
+            Some(ns),
+            format!("lanyard-waypoint-{name}"),
+            "lanyard-waypoint-config",
+        ),
+    ];
+    if a.root_namespace != ns {
+        out.push(binding(
+            "RoleBinding",
+            Some(&a.root_namespace),
+            format!("lanyard-waypoint-{ns}-{name}"),
+            "lanyard-waypoint-config",
+        ));
+    }
+    out.push(json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": labels},
         "spec": {
-          "replicas": replicas,
+          "replicas": a.replicas,
           "selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": name}},
           "template": {
             "metadata": {"labels": pod_labels},
             "spec": {
               "serviceAccountName": name,
+              "securityContext": {"runAsNonRoot": true, "runAsUser": 1337, "runAsGroup": 1337,
+                                  "seccompProfile": {"type": "RuntimeDefault"}},
               "containers": [{
                 "name": "waypoint",
-                "image": image,
-                "args": ["--name", name, "--service-account", name],
+                "image": a.image,
+                "args": ["--name", name, "--service-account", name,
+                         "--ca-bootstrap", "/var/run/lanyard/ca",
+                         "--ca-token", "/var/run/secrets/tokens/istio-ca-token",
+                         "--ca-server-name", a.ca_server_name],
                 "env": [
                   {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                  {"name": "LANYARD_CA_ADDRESS", "value": ca_address}
+                  {"name": "LANYARD_CA_ADDRESS", "value": a.ca_address},
+                  {"name": "LANYARD_ROOT_NAMESPACE", "value": a.root_namespace}
                 ],
                 "ports": [
                   {"name": "hbone", "containerPort": 15008},
                   {"name": "metrics", "containerPort": 15020}
                 ],
-                "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15020}},
+                "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15020}, "periodSeconds": 5},
+                "livenessProbe": {"tcpSocket": {"port": 15008}, "initialDelaySeconds": 10},
                 "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 1337, "allowPrivilegeEscalation": false,
-                                    "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
-              }]
+                "securityContext": {"allowPrivilegeEscalation": false,
+                                    "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [
+                  {"name": "ca-root", "mountPath": "/var/run/lanyard/ca", "readOnly": true},
+                  {"name": "ca-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true}
+                ]
+              }],
+              "volumes": [
+                {"name": "ca-root", "configMap": {"name": a.root_configmap,
+                  "items": [{"key": "root-cert.pem", "path": "root.pem"}]}},
+                {"name": "ca-token", "projected": {"sources": [{"serviceAccountToken":
+                  {"path": "istio-ca-token", "audience": "istio-ca", "expirationSeconds": 43200}}]}}
+              ]
             }
           }
-        }}),
-        json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {
-          "selector": {"gateway.networking.k8s.io/gateway-name": name},
-          "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008, "appProtocol": "all"}]
-        }}),
-    ];
-    if enroll {
+        }}));
+    out.push(json!({"apiVersion": "v1", "kind": "Service",
+    "metadata": {"name": name, "namespace": ns, "labels": labels},
+    "spec": {
+      "selector": {"gateway.networking.k8s.io/gateway-name": name},
+      "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008, "appProtocol": "all"}]
+    }}));
+    if a.replicas > 1 {
+        out.push(json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"minAvailable": 1,
+                     "selector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": name}}}}));
+    }
+    if a.enroll {
         out.push(json!({"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": ns, "labels": {"istio.io/use-waypoint": name}}}));
     }
@@ -108,12 +224,78 @@ pub fn render(
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
     use lanyard_core::config::Store;
     use lanyard_core::state::{MeshState, Settings};
 
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: super::RenderArgs,
+    }
+
+    fn args(ns: &str, replicas: u32) -> super::RenderArgs {
+        let replicas = replicas.to_string();
+        Cli::parse_from(["x", "-n", ns, "--replicas", &replicas, "--enroll"]).args
+    }
+
+    #[test]
+    fn every_rendered_object_passes_the_kubernetes_schema() {
+        for replicas in [1, 3] {
+            let objects = super::render(&args("demo", replicas));
+            let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+            let want_pdb = replicas > 1;
+            assert_eq!(
+                kinds.contains(&"PodDisruptionBudget"),
+                want_pdb,
+                "{kinds:?}"
+            );
+            for o in &objects {
+                let problems = lanyard_kube::schema::check_builtin(o);
+                assert!(
+                    problems.is_empty(),
+                    "{} {}: {problems:?}",
+                    o["kind"],
+                    o["metadata"]["name"]
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn apply_creates_then_updates_the_objects_in_the_cluster() {
+        let api = lanyard_kube::testing::FakeApiServer::start().await;
+        let lines = super::apply(api.client(), &args("demo", 2)).await.unwrap();
+        assert_eq!(lines.len(), 8, "{lines:?}");
+        let dep = api
+            .get("apps/v1", "Deployment", "demo", "waypoint")
+            .unwrap();
+        assert_eq!(dep["spec"]["replicas"], 2);
+        let root_binding = api.get(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "istio-system",
+            "lanyard-waypoint-demo-waypoint",
+        );
+        assert!(
+            root_binding.is_some(),
+            "reads the root namespace's policies"
+        );
+        super::apply(api.client(), &args("demo", 4)).await.unwrap();
+        let dep = api
+            .get("apps/v1", "Deployment", "demo", "waypoint")
+            .unwrap();
+        assert_eq!(dep["spec"]["replicas"], 4);
+        let ns = api.get("v1", "Namespace", "", "demo").unwrap();
+        assert_eq!(
+            ns["metadata"]["labels"]["istio.io/use-waypoint"],
+            "waypoint"
+        );
+    }
+
     #[test]
     fn rendered_waypoint_is_what_the_mesh_state_recognizes() {
-        let mut docs = super::render("demo", "waypoint", "img", "ca:15012", 1, true);
+        let mut docs = super::render(&args("demo", 1));
         // A pod the Deployment would create, so the Service has an endpoint.
         docs.push(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "waypoint-1", "namespace": "demo", "uid": "u1",
