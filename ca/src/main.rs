@@ -50,6 +50,9 @@ enum Command {
         node_agents: Vec<String>,
         #[arg(long, default_value = token::DEFAULT_AUDIENCE)]
         token_audience: String,
+        /// Post rejected mesh objects as Kubernetes Events (one reporter per cluster).
+        #[arg(long)]
+        report_rejections: bool,
         #[arg(long, default_value = "lanyard-ca")]
         server_name: String,
         /// Longest certificate lifetime granted, in seconds.
@@ -95,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             config,
             node_agents,
             token_audience,
+            report_rejections,
             server_name,
             max_ttl,
         } => {
@@ -158,7 +162,8 @@ async fn main() -> anyhow::Result<()> {
                 Duration::from_millis(500),
                 Scope::Cluster,
             );
-            let running = lanyard_kube::start(source, settings).await?;
+            let reporter = report_rejections.then_some("lanyard-ca");
+            let running = lanyard_kube::start_with(source, settings, reporter).await?;
             let serve = server::ServeConfig {
                 server_name,
                 max_ttl: Duration::from_secs(max_ttl),

@@ -5,6 +5,7 @@
 //! - [`kinds`]: what is watched (group, version, plural) and for whom;
 //! - [`prune`]: the fields kept of each object (the rest is dropped on arrival);
 //! - [`source`]: the watchers, the merged object set, and state publication;
+//! - [`events`]: rejected objects posted as Kubernetes Events (by one component);
 //! - [`start`]: starting the file or the Kubernetes source, as a binary's flags say;
 //! - [`metrics`]: the source's health on a registry;
 //! - `testing` (feature): an in-process API server for tests;
@@ -12,6 +13,7 @@
 //!
 //! Nothing here knows about eBPF or the data path; `lanyard-core` knows nothing of this crate.
 
+pub mod events;
 pub mod kinds;
 pub mod metrics;
 pub mod prune;
@@ -23,4 +25,4 @@ pub mod start;
 pub mod testing;
 
 pub use source::{KubeSource, Scope, SourceStatus};
-pub use start::{start, ConfigSource, Running};
+pub use start::{start, start_with, ConfigSource, Running};

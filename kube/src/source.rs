@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+use crate::events::RejectionEvents;
 use crate::kinds::{self, Kind};
 use crate::prune::prune;
 
@@ -105,6 +106,8 @@ pub struct KubeSource {
     scope: Scope,
     /// Changes closer together than this are published as one state.
     debounce: Duration,
+    /// Set on the one component that posts rejections as Events.
+    events: Option<RejectionEvents>,
 }
 
 // === impl KubeSource ===
@@ -116,7 +119,14 @@ impl KubeSource {
             settings,
             scope,
             debounce: Duration::from_millis(100),
+            events: None,
         }
+    }
+
+    /// Also posts each new rejection as a Kubernetes Event on the rejected object.
+    pub fn report_rejections(mut self, events: RejectionEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 
     fn watches(&self) -> Vec<(Kind, Option<String>)> {
@@ -192,9 +202,14 @@ impl KubeSource {
                     })
             };
             let Some(docs) = docs else { continue };
+            // Events name the object's apiVersion and uid: keep the objects only for them.
+            let kept = self.events.as_ref().map(|_| docs.clone());
             let snapshot = store.update(docs);
             for r in snapshot.rejections.iter().filter(|r| !reported.contains(r)) {
                 warn!(target: "config", object = %r.object, field = %r.field, "rejected: {}", r.message);
+                if let (Some(events), Some(docs)) = (&self.events, &kept) {
+                    events.report(r, docs);
+                }
             }
             reported = snapshot.rejections.clone();
             let state = MeshState::build(snapshot, &self.settings);

@@ -10,6 +10,7 @@ use lanyard_core::state::{MeshState, Settings};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::events::RejectionEvents;
 use crate::source::{KubeSource, Scope, SourceStatus};
 
 /// Where the mesh config comes from.
@@ -53,6 +54,15 @@ pub struct Running {
 /// Starts the source and returns once its first complete state is published. From the API,
 /// that waits until every kind is listed; it logs every 10 s while it waits.
 pub async fn start(source: ConfigSource, settings: Arc<Settings>) -> Result<Running, Error> {
+    start_with(source, settings, None).await
+}
+
+/// As [`start`]; from the API, rejected objects are also posted as Events by `reporter`.
+pub async fn start_with(
+    source: ConfigSource,
+    settings: Arc<Settings>,
+    reporter: Option<&str>,
+) -> Result<Running, Error> {
     match source {
         ConfigSource::File { path, poll } => {
             let mut file = FileSource::new(path, settings);
@@ -69,7 +79,13 @@ pub async fn start(source: ConfigSource, settings: Arc<Settings>) -> Result<Runn
             let client = kube::Client::try_default().await?;
             let (tx, states) = watch::channel(Arc::new(MeshState::default()));
             let (status_tx, mut status) = watch::channel(SourceStatus::default());
-            tokio::spawn(KubeSource::new(client, settings, scope).run(tx, status_tx));
+            let mut source = KubeSource::new(client.clone(), settings, scope);
+            if let Some(controller) = reporter {
+                let instance = std::env::var("POD_NAME").ok();
+                let events = RejectionEvents::start(client, controller, instance);
+                source = source.report_rejections(events);
+            }
+            tokio::spawn(source.run(tx, status_tx));
             loop {
                 let waited = tokio::time::timeout(Duration::from_secs(10), status.changed());
                 match waited.await {

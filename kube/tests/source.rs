@@ -320,3 +320,42 @@ async fn a_waypoint_scope_watches_istio_objects_of_its_namespaces_only() {
         "the legacy namespace's VirtualService is not watched"
     );
 }
+
+#[tokio::test]
+async fn a_reporting_source_posts_each_rejection_once_as_an_event_on_the_object() {
+    let (api, objects) = serving_mesh().await;
+    let (tx, mut states) = watch::channel(Arc::new(MeshState::default()));
+    let (status_tx, _status) = watch::channel(SourceStatus::default());
+    let events = lanyard_kube::events::RejectionEvents::start(api.client(), "lanyard-ca", None);
+    let source = KubeSource::new(api.client(), Arc::new(Settings::default()), Scope::Cluster)
+        .report_rejections(events);
+    let task = tokio::spawn(source.run(tx, status_tx));
+
+    let mut bad = objects[7].clone();
+    bad["spec"]["http"][0]["rout"] = bad["spec"]["http"][0]["route"].take();
+    api.apply(bad);
+    wait_for(&mut states, "the rejection", |s| !s.rejections().is_empty()).await;
+    // Unrelated changes do not repost it.
+    api.apply(pod("backend-2", "10.1.1.3"));
+    wait_for(&mut states, "the new pod", |s| has_pod(s, "backend-2")).await;
+
+    let mut posted = Vec::new();
+    for _ in 0..100 {
+        posted = api.list("events.k8s.io/v1", "Event");
+        if !posted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    assert_eq!(posted.len(), 1, "{posted:#?}");
+    let e = &posted[0];
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["reason"], "Rejected");
+    assert_eq!(e["metadata"]["namespace"], "demo");
+    assert_eq!(e["regarding"]["kind"], "VirtualService");
+    assert_eq!(e["regarding"]["name"], "backend");
+    assert_eq!(e["regarding"]["apiVersion"], "networking.istio.io/v1");
+    let note = e["note"].as_str().unwrap();
+    assert!(note.starts_with("spec.http[0].rout: "), "{note}");
+}
