@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use lanyard_core::ca::CaEndpoint;
 use lanyard_core::hbone;
 
 /// Mesh-wide mTLS mode for inbound plaintext, where no PeerAuthentication sets one.
@@ -99,10 +100,7 @@ pub struct Config {
     pub trust_domain: String,
     pub cluster_domain: String,
     pub root_namespace: String,
-    pub ca_address: String,
-    pub ca_bootstrap: PathBuf,
-    pub ca_token: Option<PathBuf>,
-    pub ca_server_name: String,
+    pub ca: CaEndpoint,
     pub cert_ttl: Duration,
     pub cgroup_root: PathBuf,
     pub proc_root: PathBuf,
@@ -140,10 +138,12 @@ impl From<Args> for Config {
             trust_domain: a.trust_domain,
             cluster_domain: a.cluster_domain,
             root_namespace: a.root_namespace,
-            ca_address: a.ca_address,
-            ca_bootstrap: a.ca_bootstrap,
-            ca_token: a.ca_token,
-            ca_server_name: a.ca_server_name,
+            ca: CaEndpoint {
+                address: a.ca_address,
+                server_name: a.ca_server_name,
+                bootstrap: a.ca_bootstrap,
+                token: a.ca_token,
+            },
             cert_ttl: Duration::from_secs(a.cert_ttl),
             cgroup_root: a.cgroup_root,
             proc_root: a.proc_root,

@@ -94,10 +94,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .context("loading the initial config")?;
 
     let secrets = lanyard_core::ca::secret_manager(
-        &config.ca_bootstrap,
-        config.ca_token.as_deref(),
-        &config.ca_address,
-        &config.ca_server_name,
+        &config.ca,
         SecretConfig {
             validity: config.cert_ttl,
             ..Default::default()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use lanyard_core::ca::CaEndpoint;
 use lanyard_core::hbone;
 use lanyard_core::identity::Identity;
 use lanyard_core::state::Waypoint;
@@ -62,10 +63,7 @@ pub struct Config {
     pub trust_domain: String,
     pub cluster_domain: String,
     pub root_namespace: String,
-    pub ca_address: String,
-    pub ca_bootstrap: PathBuf,
-    pub ca_token: Option<PathBuf>,
-    pub ca_server_name: String,
+    pub ca: CaEndpoint,
     pub hbone_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -92,10 +90,12 @@ impl From<Args> for Config {
             trust_domain: a.trust_domain,
             cluster_domain: a.cluster_domain,
             root_namespace: a.root_namespace,
-            ca_address: a.ca_address,
-            ca_bootstrap: a.ca_bootstrap,
-            ca_token: a.ca_token,
-            ca_server_name: a.ca_server_name,
+            ca: CaEndpoint {
+                address: a.ca_address,
+                server_name: a.ca_server_name,
+                bootstrap: a.ca_bootstrap,
+                token: a.ca_token,
+            },
             hbone_addr: a.hbone_addr,
             admin_addr: a.admin_addr,
             metrics_addr: a.metrics_addr,

@@ -66,13 +66,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .await
         .context("loading the initial config")?;
 
-    let secrets = lanyard_core::ca::secret_manager(
-        &config.ca_bootstrap,
-        config.ca_token.as_deref(),
-        &config.ca_address,
-        &config.ca_server_name,
-        SecretConfig::default(),
-    )?;
+    let secrets = lanyard_core::ca::secret_manager(&config.ca, SecretConfig::default())?;
     secrets.prefetch(&config.identity);
 
     let registry = prometheus::Registry::new();

@@ -3,7 +3,7 @@
 //! and `key.pem` (the caller's identity toward the CA: a node agent's, or a waypoint's own)
 //! or, in a cluster, nothing more: a ServiceAccount token file proves the caller instead.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -24,15 +24,24 @@ pub enum BootstrapError {
     Ca(#[from] super::Error),
 }
 
-/// A secret manager that asks the CA at `address` (checked as `server_name`) for
-/// certificates, authenticating with `token` if given, else the certificate in `dir`.
+/// Where a CA is and how to prove oneself to it, as agent and waypoint flags give it.
+#[derive(Clone, Debug)]
+pub struct CaEndpoint {
+    pub address: String,
+    /// The DNS name in the CA's serving certificate.
+    pub server_name: String,
+    /// Holds root.pem, and cert.pem + key.pem unless `token` is set.
+    pub bootstrap: PathBuf,
+    /// A projected ServiceAccount token file to authenticate with instead of a certificate.
+    pub token: Option<PathBuf>,
+}
+
+/// A secret manager that asks the CA at `ca` for certificates.
 pub fn secret_manager(
-    dir: &Path,
-    token: Option<&Path>,
-    address: &str,
-    server_name: &str,
+    ca: &CaEndpoint,
     config: SecretConfig,
 ) -> Result<SecretManager<CaClient>, BootstrapError> {
+    let dir = ca.bootstrap.as_path();
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read_to_string(&path).map_err(|source| BootstrapError::Read { path, source })
@@ -45,8 +54,8 @@ pub fn secret_manager(
         .ok_or_else(|| BootstrapError::BadRoot {
             path: dir.join("root.pem"),
         })?;
-    let credential = match token {
-        Some(path) => Credential::Token(path.to_path_buf()),
+    let credential = match &ca.token {
+        Some(path) => Credential::Token(path.clone()),
         None => Credential::Certificate {
             cert_pem: read("cert.pem")?,
             key_pem: read("key.pem")?,
@@ -55,10 +64,10 @@ pub fn secret_manager(
     let tls = ClientTls {
         root_pem,
         credential,
-        server_name: server_name.to_string(),
+        server_name: ca.server_name.clone(),
     };
     Ok(SecretManager::new(
-        CaClient::new(address, Some(tls))?,
+        CaClient::new(&ca.address, Some(tls))?,
         roots,
         config,
     ))

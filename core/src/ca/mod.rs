@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use authority::{csr_for, Authority};
-pub use bootstrap::{secret_manager, BootstrapError};
+pub use bootstrap::{secret_manager, BootstrapError, CaEndpoint};
 pub use client::{CaClient, ClientTls, Credential};
 
 use crate::identity::Identity;
