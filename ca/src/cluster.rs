@@ -100,11 +100,8 @@ pub async fn publish_root(
         data: Some(BTreeMap::from([(ROOT_CERT.into(), root_pem.into())])),
         ..Default::default()
     };
-    let mut apply = serde_json::to_value(&map).map_err(kube::Error::SerdeError)?;
-    apply["apiVersion"] = "v1".into();
-    apply["kind"] = "ConfigMap".into();
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    maps.patch(name, &params, &Patch::Apply(&apply)).await?;
+    maps.patch(name, &params, &Patch::Apply(&map)).await?;
     Ok(())
 }
 

@@ -76,7 +76,7 @@ pub fn run(cmd: Cmd) -> Result<Outcome, Error> {
 
 /// Server-side applies every rendered object; returns one line per object.
 pub async fn apply(client: kube::Client, args: &RenderArgs) -> Result<Vec<String>, Error> {
-    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+    use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
     use kube::discovery::ApiResource;
     let params = PatchParams::apply("lanyardctl").force();
     let mut done = Vec::new();
@@ -88,13 +88,7 @@ pub async fn apply(client: kube::Client, args: &RenderArgs) -> Result<Vec<String
             .unwrap_or_default()
             .to_string();
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let resource = ApiResource {
-            group: group.into(),
-            version: version.into(),
-            api_version: api_version.into(),
-            kind: kind.into(),
-            plural: plural(kind),
-        };
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
         let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
             None => Api::all_with(client.clone(), &resource),
@@ -105,14 +99,6 @@ pub async fn apply(client: kube::Client, args: &RenderArgs) -> Result<Vec<String
         done.push(format!("{} {name} applied", kind.to_ascii_lowercase()));
     }
     Ok(done)
-}
-
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    match lower.strip_suffix('y') {
-        Some(stem) => format!("{stem}ies"),
-        None => format!("{lower}s"),
-    }
 }
 
 /// The objects, in apply order. The pod opts out of capture (it is a proxy), and carries the

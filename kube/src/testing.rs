@@ -69,16 +69,10 @@ impl Drop for FakeApiServer {
     }
 }
 
-/// A kind's plural, by the rule the kinds served here follow.
+/// A kind's plural, by kube's own rule (what clients put in URL paths).
 fn plural_of(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if let Some(stem) = lower.strip_suffix('y') {
-        format!("{stem}ies")
-    } else if lower.ends_with('s') {
-        format!("{lower}es")
-    } else {
-        format!("{lower}s")
-    }
+    let gvk = kube::api::GroupVersionKind::gvk("", "v1", kind);
+    kube::discovery::ApiResource::from_gvk(&gvk).plural
 }
 
 /// `group/version/plural` (or `v1/plural`): the key URL paths map to. Istio serves every
