@@ -350,7 +350,11 @@ mod tests {
         let (ca, mgr) = setup(Duration::from_secs(62));
         mgr.fetch(&id()).await.unwrap();
         ca.down.store(true, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Wait (bounded) for a renewal to have failed: a fixed sleep flaked on a loaded machine.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while mgr.status()[0].last_error.is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let cert = mgr.fetch(&id()).await.unwrap();
         assert!(!cert.is_expired());
         let status = mgr.status();
