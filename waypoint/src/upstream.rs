@@ -3,7 +3,8 @@
 //! hyper's pooling client keeps HTTP connections per endpoint (`http://<pod ip>:<port>`); each
 //! new HTTP connection is one `CONNECT` stream on a shared, mutually-authenticated HTTP/2
 //! connection to that pod's agent on 15008, presenting the waypoint's own identity and
-//! requiring the pod's.
+//! requiring the pod's. An endpoint that is not a captured pod (a ServiceEntry's or
+//! EndpointSlice's external address, a pod outside the mesh) gets plain TCP instead.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +26,7 @@ use lanyard_core::identity::Identity;
 use lanyard_core::secrets::{self, SecretManager};
 use lanyard_core::state::MeshState;
 use lanyard_core::tls;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -89,13 +91,9 @@ impl Upstream {
         }
     }
 
-    /// Opens a raw tunnel to `addr` (opaque TCP forwarding).
-    pub async fn tunnel(&self, addr: SocketAddr) -> Result<(H2Io, StreamGuard), Error> {
-        let uri: http::Uri = format!("http://{addr}")
-            .parse()
-            .map_err(|_| Error::UnknownEndpoint(addr.ip()))?;
-        let s = self.connector.inner.connect(uri).await?;
-        Ok((s.io.into_inner(), s._guard))
+    /// Opens a byte stream to `addr` (opaque TCP forwarding).
+    pub async fn tunnel(&self, addr: SocketAddr) -> Result<Stream, Error> {
+        self.connector.inner.connect(addr).await
     }
 
     /// Drops HBONE connections that are closed or idle.
@@ -128,20 +126,25 @@ struct ConnectorInner {
 }
 
 impl ConnectorInner {
-    async fn connect(&self, uri: http::Uri) -> Result<HboneStream, Error> {
-        let authority: SocketAddr = uri
-            .authority()
-            .and_then(|a| a.as_str().parse().ok())
-            .ok_or_else(|| Error::BadUri(uri.clone()))?;
+    async fn connect(&self, authority: SocketAddr) -> Result<Stream, Error> {
         let IpAddr::V4(ip) = authority.ip() else {
             return Err(Error::UnknownEndpoint(authority.ip()));
         };
         let expected = {
             let state = self.state.borrow();
-            let w = state
+            state
                 .workload_by_ip(ip)
-                .ok_or(Error::UnknownEndpoint(authority.ip()))?;
-            w.identity(state.trust_domain())
+                .filter(|w| state.is_captured(w))
+                .map(|w| w.identity(state.trust_domain()))
+        };
+        let Some(expected) = expected else {
+            let tcp =
+                tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(authority))
+                    .await
+                    .map_err(|_| Error::ConnectTimeout(authority))?
+                    .map_err(|e| Error::Connect(authority, e))?;
+            let _ = tcp.set_nodelay(true);
+            return Ok(Stream::Plain(tcp));
         };
         let hbone_addr = SocketAddr::new(authority.ip(), hbone::HBONE_DEFAULT_PORT);
         let conn = match self.pooled(hbone_addr) {
@@ -163,10 +166,7 @@ impl ConnectorInner {
             })
             .await
             .map_err(|e| Error::Hbone(authority, e))?;
-        Ok(HboneStream {
-            io: TokioIo::new(H2Io::new(stream)),
-            _guard: guard,
-        })
+        Ok(Stream::Hbone(H2Io::new(stream), guard))
     }
 
     fn pooled(&self, addr: SocketAddr) -> Option<Connection> {
@@ -210,14 +210,69 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.connect(uri).await })
+        Box::pin(async move {
+            let authority: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| Error::BadUri(uri.clone()))?;
+            let io = inner.connect(authority).await?;
+            Ok(HboneStream {
+                io: TokioIo::new(io),
+            })
+        })
     }
 }
 
-/// One HTTP connection's byte stream: an HBONE tunnel, counted on its HTTP/2 connection.
+/// A byte stream to one endpoint.
+pub enum Stream {
+    /// A CONNECT stream, counted on its pooled HTTP/2 connection while it lives.
+    Hbone(H2Io, StreamGuard),
+    Plain(TcpStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Hbone(io, _) => Pin::new(io).poll_read(cx, buf),
+            Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Hbone(io, _) => Pin::new(io).poll_write(cx, buf),
+            Stream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Hbone(io, _) => Pin::new(io).poll_flush(cx),
+            Stream::Plain(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Hbone(io, _) => Pin::new(io).poll_shutdown(cx),
+            Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP connection's byte stream, as hyper's client reads and writes it.
 pub struct HboneStream {
-    io: TokioIo<H2Io>,
-    _guard: StreamGuard,
+    io: TokioIo<Stream>,
 }
 
 impl HyperConnection for HboneStream {

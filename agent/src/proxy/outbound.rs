@@ -5,7 +5,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use lanyard_core::hbone::{copy_bidirectional, ConnectRequest, Copied, HBONE_DEFAULT_PORT};
-use lanyard_core::state::{MeshState, Service, Waypoint, Workload};
+use lanyard_core::state::{EndpointSource, MeshState, Service, Waypoint, Workload};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -65,7 +65,9 @@ fn resolve(state: &MeshState, orig: SocketAddrV4) -> Result<Target, Error> {
                 waypoint: Some(waypoint_instance(state, &wp)?),
             });
         }
-        if svc.port(orig.port()).is_some() {
+        // A passthrough entry (resolved by the client) names the destination, nothing more.
+        let passthrough = matches!(svc.endpoints, EndpointSource::Passthrough);
+        if svc.port(orig.port()).is_some() && !passthrough {
             let eps = state.endpoints(svc, orig.port());
             if eps.is_empty() {
                 return Err(Error::NoHealthyUpstream {

@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::k8s::{Namespace, Pod, Service};
+use super::k8s::{EndpointSlice, Namespace, Pod, Service};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::policy::authn::RequestAuthenticationSpec;
 use crate::policy::wire::{AuthorizationPolicySpec, PeerAuthenticationSpec};
-use crate::traffic::wire::{DestinationRuleSpec, VirtualServiceSpec};
+use crate::traffic::wire::{DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec};
 
 /// Names one object the way an operator would: `Pod default/todoui-1`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +54,8 @@ pub enum Object {
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    ServiceEntry(Box<IstioObject<ServiceEntrySpec>>),
     AuthorizationPolicy(Box<IstioObject<AuthorizationPolicySpec>>),
     PeerAuthentication(Box<IstioObject<PeerAuthenticationSpec>>),
     RequestAuthentication(Box<IstioObject<RequestAuthenticationSpec>>),
@@ -72,6 +74,8 @@ pub struct IstioObject<S> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct IstioMeta {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
@@ -124,12 +128,17 @@ pub fn parse(value: serde_json::Value) -> Parsed {
     let known = matches!(
         (api_version, kind.as_str()),
         ("v1", "Namespace" | "Pod" | "Service")
-    ) || (security
-        && matches!(
-            kind.as_str(),
-            "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication"
-        ))
-        || (networking && matches!(kind.as_str(), "VirtualService" | "DestinationRule"));
+    ) || (api_version == "discovery.k8s.io/v1" && kind == "EndpointSlice")
+        || (security
+            && matches!(
+                kind.as_str(),
+                "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication"
+            ))
+        || (networking
+            && matches!(
+                kind.as_str(),
+                "VirtualService" | "DestinationRule" | "ServiceEntry"
+            ));
     if !known {
         return Parsed::Ignored;
     }
@@ -140,6 +149,8 @@ pub fn parse(value: serde_json::Value) -> Parsed {
         "Namespace" => decode(&object, value).map(|o| Object::Namespace(Box::new(o))),
         "Pod" => decode(&object, value).map(|o| Object::Pod(Box::new(o))),
         "Service" => decode(&object, value).map(|o| Object::Service(Box::new(o))),
+        "EndpointSlice" => decode(&object, value).map(|o| Object::EndpointSlice(Box::new(o))),
+        "ServiceEntry" => decode(&object, value).map(|o| Object::ServiceEntry(Box::new(o))),
         "AuthorizationPolicy" => {
             decode(&object, value).map(|o| Object::AuthorizationPolicy(Box::new(o)))
         }

@@ -13,7 +13,7 @@ use crate::policy::authn::{self, RequestAuthentication};
 use crate::policy::authz::AuthorizationPolicy;
 use crate::policy::peer::PeerAuthentication;
 use crate::policy::wire;
-use crate::state::{Namespace, Service, Workload};
+use crate::state::{EndpointSlice, Namespace, Service, ServiceEntry, Workload};
 use crate::traffic::{DestinationRule, VirtualService};
 
 /// A validated object in our internal form.
@@ -22,6 +22,8 @@ pub enum Resource {
     Namespace(Namespace),
     Workload(Workload),
     Service(Service),
+    EndpointSlice(Arc<EndpointSlice>),
+    ServiceEntry(Arc<ServiceEntry>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
     RequestAuthentication(Arc<RequestAuthentication>),
@@ -96,6 +98,15 @@ fn convert(oref: &ObjectRef, obj: &Object, cluster_domain: &str) -> Result<Resou
         Object::Namespace(ns) => Ok(Resource::Namespace(namespace(ns))),
         Object::Pod(pod) => Workload::try_from_pod(oref, pod).map(Resource::Workload),
         Object::Service(svc) => Service::try_from_k8s(oref, svc).map(Resource::Service),
+        Object::EndpointSlice(s) => {
+            EndpointSlice::try_from_k8s(oref, s).map(|s| Resource::EndpointSlice(Arc::new(s)))
+        }
+        Object::ServiceEntry(e) => {
+            let ns = oref.namespace.as_deref().unwrap_or_default();
+            ServiceEntry::validate(ns, &oref.name, &e.metadata.labels, &e.spec)
+                .map(|e| Resource::ServiceEntry(Arc::new(e)))
+                .map_err(|(field, msg)| Rejection::new(oref, field, msg))
+        }
         Object::AuthorizationPolicy(p) => {
             let ns = oref.namespace.as_deref().unwrap_or_default();
             wire::authorization_policy(ns, &oref.name, &p.metadata.annotations, &p.spec)

@@ -146,6 +146,7 @@ impl MeshState {
         let mut out: Vec<Finding> = self.rejections.iter().map(rejection).collect();
         self.analyze_virtual_services(&mut out);
         self.analyze_destination_rules(&mut out);
+        self.analyze_service_entries(&mut out);
         self.analyze_policies(&mut out);
         self.analyze_waypoint_labels(&mut out);
         out.sort_by_key(|f| std::cmp::Reverse(f.code.level));
@@ -271,6 +272,16 @@ impl MeshState {
                         format!("Referenced host not found: {h:?}"),
                     ));
                 }
+            }
+        }
+    }
+
+    fn analyze_service_entries(&self, out: &mut Vec<Finding>) {
+        for e in &self.service_entries {
+            for note in &e.warnings {
+                let (field, msg) = split_note(note);
+                let obj = oref("ServiceEntry", &e.namespace, &e.name);
+                out.push(Finding::new(FIELD_IGNORED, obj, field, msg));
             }
         }
     }

@@ -4,7 +4,9 @@
 
 mod admit;
 mod analysis;
+mod endpoint_slice;
 mod service;
+mod service_entry;
 mod traffic;
 mod workload;
 
@@ -16,7 +18,9 @@ use serde_json::json;
 
 pub use admit::{Denial, Peer};
 pub use analysis::{Code, Finding, Level, ALL_CODES};
-pub use service::{Protocol, Service, ServicePort, TargetPort};
+pub use endpoint_slice::{EndpointSlice, SliceEndpoint, SERVICE_NAME_LABEL};
+pub use service::{EndpointSource, Protocol, Service, ServicePort, StaticEndpoint, TargetPort};
+pub use service_entry::ServiceEntry;
 pub use traffic::{Waypoint, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL};
 pub use workload::{Workload, DATAPLANE_MODE_LABEL};
 
@@ -82,6 +86,9 @@ pub struct MeshState {
     /// Workload UID -> the L4 policies that apply to it.
     applicable_l4: HashMap<String, Arc<[Arc<AuthorizationPolicy>]>>,
     peer_auth: Vec<PeerAuthentication>,
+    /// EndpointSlices by (namespace, service name).
+    slices: HashMap<(String, String), Vec<Arc<EndpointSlice>>>,
+    service_entries: Vec<Arc<ServiceEntry>>,
     /// What the analyzers found (`analysis.rs`), rejections included.
     findings: Vec<Finding>,
     /// Services by fully-qualified host name.
@@ -125,6 +132,16 @@ impl MeshState {
                         .services
                         .insert((s.namespace.clone(), s.name.clone()), s);
                 }
+                Resource::EndpointSlice(e) => {
+                    if let Some(svc) = &e.service {
+                        state
+                            .slices
+                            .entry((e.namespace.clone(), svc.clone()))
+                            .or_default()
+                            .push(e);
+                    }
+                }
+                Resource::ServiceEntry(e) => state.service_entries.push(e),
                 Resource::AuthorizationPolicy(p) => {
                     // Unchanged (the common case): share it rather than copy it.
                     let l4 = p.for_l4().map_or_else(|| p.clone(), |(l4, _)| Arc::new(l4));
@@ -141,11 +158,36 @@ impl MeshState {
                 Resource::DestinationRule(d) => state.destination_rules.push(d),
             }
         }
-        state.by_host = state
-            .services
-            .values()
-            .map(|s| (s.hostname(&state.cluster_domain), s.clone()))
-            .collect();
+        // After every Service: where an entry claims a Service's VIP or host, the Service wins.
+        for entry in std::mem::take(&mut state.service_entries) {
+            for s in &entry.services {
+                let s = Arc::new(s.clone());
+                for vip in &s.vips {
+                    state.by_vip.entry(*vip).or_insert_with(|| s.clone());
+                }
+                state
+                    .services
+                    .entry((s.namespace.clone(), s.name.clone()))
+                    .or_insert(s);
+            }
+            state.service_entries.push(entry);
+        }
+        for s in state.services.values() {
+            let host = s.hostname(&state.cluster_domain);
+            if host.starts_with('*') {
+                continue; // a wildcard entry names no one host
+            }
+            match state.by_host.entry(host) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(s.clone());
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if s.host.is_none() {
+                        o.insert(s.clone());
+                    }
+                }
+            }
+        }
         state.traffic_index = state.index_traffic();
         state.endpoints = state.compute_endpoints();
         state.applicable_l4 = state
@@ -160,37 +202,108 @@ impl MeshState {
     fn compute_endpoints(&self) -> EndpointIndex {
         let mut out = EndpointIndex::new();
         for svc in self.services.values() {
-            let Some(selector) = &svc.selector else {
-                continue;
-            };
-            let members: Vec<&Arc<Workload>> = self
-                .workloads
-                .values()
-                .filter(|w| w.namespace == svc.namespace && w.ready && w.ip.is_some())
-                .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-                .collect();
+            let by_port = out
+                .entry(svc.namespace.clone())
+                .or_default()
+                .entry(svc.name.clone())
+                .or_default();
             for sp in &svc.ports {
-                let eps: Vec<Endpoint> = members
-                    .iter()
-                    .filter_map(|w| {
-                        let port = match &sp.target_port {
-                            TargetPort::Number(n) => *n,
-                            TargetPort::Named(name) => *w.named_ports.get(name)?,
-                        };
-                        Some(Endpoint {
-                            workload: (*w).clone(),
-                            port,
+                let eps: Vec<Endpoint> = match &svc.endpoints {
+                    EndpointSource::Selector(selector) => self
+                        .workloads
+                        .values()
+                        .filter(|w| w.namespace == svc.namespace && w.ready && w.ip.is_some())
+                        .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                        .filter_map(|w| {
+                            let port = match &sp.target_port {
+                                TargetPort::Number(n) => *n,
+                                TargetPort::Named(name) => *w.named_ports.get(name)?,
+                            };
+                            Some(Endpoint {
+                                workload: w.clone(),
+                                port,
+                            })
                         })
-                    })
-                    .collect();
-                out.entry(svc.namespace.clone())
-                    .or_default()
-                    .entry(svc.name.clone())
-                    .or_default()
-                    .insert(sp.port, eps.into());
+                        .collect(),
+                    EndpointSource::Slices => self.slice_endpoints(svc, sp),
+                    EndpointSource::Static(statics) => statics
+                        .iter()
+                        .map(|e| {
+                            let port = sp
+                                .name
+                                .as_ref()
+                                .and_then(|n| e.ports.get(n).copied())
+                                .unwrap_or(match sp.target_port {
+                                    TargetPort::Number(n) => n,
+                                    TargetPort::Named(_) => sp.port,
+                                });
+                            let workload = self.endpoint_workload(
+                                svc,
+                                e.address,
+                                None,
+                                &e.labels,
+                                e.service_account.as_deref(),
+                            );
+                            Endpoint { workload, port }
+                        })
+                        .collect(),
+                    EndpointSource::Passthrough => continue,
+                };
+                by_port.insert(sp.port, eps.into());
             }
         }
         out
+    }
+
+    /// Ready endpoints of a selector-less Service's port, from its EndpointSlices.
+    fn slice_endpoints(&self, svc: &Service, sp: &ServicePort) -> Vec<Endpoint> {
+        let Some(slices) = self.slices.get(&(svc.namespace.clone(), svc.name.clone())) else {
+            return Vec::new();
+        };
+        let name = sp.name.as_deref().unwrap_or_default();
+        let mut eps = Vec::new();
+        for slice in slices {
+            let Some(port) = slice.port(name) else {
+                continue;
+            };
+            for e in slice.endpoints.iter().filter(|e| e.ready) {
+                let none = BTreeMap::new();
+                let workload =
+                    self.endpoint_workload(svc, e.address, e.target.as_deref(), &none, None);
+                // The same address in two slices (a controller's handover) is one endpoint.
+                if !eps
+                    .iter()
+                    .any(|x: &Endpoint| x.workload.ip == Some(e.address) && x.port == port)
+                {
+                    eps.push(Endpoint { workload, port });
+                }
+            }
+        }
+        eps
+    }
+
+    /// The workload behind an endpoint address: the pod with that IP when there is one (so a
+    /// meshed pod is reached over HBONE with its identity), else an external workload that
+    /// traffic reaches as plain TCP.
+    fn endpoint_workload(
+        &self,
+        svc: &Service,
+        ip: Ipv4Addr,
+        name: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        service_account: Option<&str>,
+    ) -> Arc<Workload> {
+        if let Some(w) = self.by_ip.get(&ip) {
+            return w.clone();
+        }
+        Arc::new(Workload::external(
+            &svc.namespace,
+            &svc.name,
+            ip,
+            name,
+            labels,
+            service_account,
+        ))
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -326,7 +439,7 @@ impl MeshState {
     /// Whether the mesh captures this workload's traffic: Istio's ambient rule. The pod label
     /// wins (`none` opts out, `ambient` opts in); otherwise the namespace label decides.
     pub fn is_captured(&self, w: &Workload) -> bool {
-        if w.host_network {
+        if w.host_network || w.external {
             return false;
         }
         match w.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
@@ -396,6 +509,9 @@ impl MeshState {
                "peerAuthentications": peer, "rejected": rejections, "warnings": self.warnings()})
     }
 }
+
+#[cfg(test)]
+mod registry_tests;
 
 #[cfg(test)]
 mod tests {

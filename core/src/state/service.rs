@@ -48,14 +48,40 @@ impl ServicePort {
     }
 }
 
+/// Where a service's endpoints come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// Ready pods of the service's namespace with these labels: a Service's `selector`, or a
+    /// ServiceEntry's `workloadSelector`.
+    Selector(BTreeMap<String, String>),
+    /// EndpointSlices labelled with the service's name: a Service without a selector.
+    Slices,
+    /// Listed in the object: a ServiceEntry's `endpoints`.
+    Static(Vec<StaticEndpoint>),
+    /// None: connections go on to the address the client dialed (a ServiceEntry resolved
+    /// by the client, `resolution: NONE` or `DNS` without listed addresses).
+    Passthrough,
+}
+
+/// A ServiceEntry endpoint (Istio's `WorkloadEntry`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticEndpoint {
+    pub address: Ipv4Addr,
+    /// Service port name -> the port this endpoint listens on.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
     pub namespace: String,
+    /// A ServiceEntry's host; Kubernetes Services are `name.namespace.svc.<domain>`.
+    pub host: Option<String>,
     pub vips: Vec<Ipv4Addr>,
     pub ports: Vec<ServicePort>,
-    /// None: endpoints are not managed by selector (we then have none).
-    pub selector: Option<BTreeMap<String, String>>,
+    pub endpoints: EndpointSource,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -64,7 +90,10 @@ pub struct Service {
 impl Service {
     /// `name.namespace.svc.<domain>`, as Istio's `destination_service` label shows it.
     pub fn hostname(&self, cluster_domain: &str) -> String {
-        format!("{}.{}.svc.{}", self.name, self.namespace, cluster_domain)
+        match &self.host {
+            Some(h) => h.clone(),
+            None => format!("{}.{}.svc.{}", self.name, self.namespace, cluster_domain),
+        }
     }
 
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
@@ -142,7 +171,11 @@ impl Service {
             namespace: object.namespace.clone().unwrap_or_default(),
             vips,
             ports,
-            selector: spec.selector.clone().filter(|s| !s.is_empty()),
+            host: None,
+            endpoints: match spec.selector.clone().filter(|s| !s.is_empty()) {
+                Some(selector) => EndpointSource::Selector(selector),
+                None => EndpointSource::Slices,
+            },
             labels: svc.metadata.labels.clone().unwrap_or_default(),
         })
     }

@@ -24,6 +24,9 @@ pub struct Workload {
     pub named_ports: BTreeMap<String, u16>,
     pub ready: bool,
     pub host_network: bool,
+    /// Not a pod: an endpoint address from an EndpointSlice or ServiceEntry that no pod has.
+    /// Never captured, so always reached as plain TCP.
+    pub external: bool,
 }
 
 // === impl Workload ===
@@ -110,6 +113,32 @@ impl Workload {
             named_ports,
             ready,
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            external: false,
         })
+    }
+
+    /// The stand-in for an endpoint address outside the known pods, named after what
+    /// published it (`ip` when nothing names it).
+    pub fn external(
+        namespace: &str,
+        service: &str,
+        ip: Ipv4Addr,
+        name: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        service_account: Option<&str>,
+    ) -> Self {
+        Workload {
+            uid: format!("{namespace}/{service}/{ip}"),
+            name: name.map_or_else(|| ip.to_string(), str::to_string),
+            namespace: namespace.to_string(),
+            service_account: service_account.unwrap_or("default").to_string(),
+            node: None,
+            ip: Some(ip),
+            labels: labels.clone(),
+            named_ports: BTreeMap::new(),
+            ready: true,
+            host_network: false,
+            external: true,
+        }
     }
 }

@@ -11,8 +11,10 @@ pub enum Host {
 }
 
 impl Host {
-    /// Resolves `raw` as written in an object of `namespace`: `reviews` is
-    /// `reviews.<namespace>.svc.<domain>`; `reviews.other` is `reviews.other.svc.<domain>`.
+    /// Resolves `raw` as written in an object of `namespace`, as Istio does: `reviews` is
+    /// `reviews.<namespace>.svc.<domain>`; a name with a dot is already fully qualified
+    /// (`api.example.com`, a ServiceEntry's host), so `reviews.other` is not `reviews` of
+    /// namespace `other`.
     pub fn resolve(raw: &str, namespace: &str, cluster_domain: &str) -> Host {
         let raw = raw.to_ascii_lowercase();
         if raw == "*" {
@@ -21,10 +23,10 @@ impl Host {
         if let Some(suffix) = raw.strip_prefix('*') {
             return Host::Wildcard(suffix.to_string());
         }
-        match raw.matches('.').count() {
-            0 => Host::Exact(format!("{raw}.{namespace}.svc.{cluster_domain}")),
-            1 => Host::Exact(format!("{raw}.svc.{cluster_domain}")),
-            _ => Host::Exact(raw),
+        if raw.contains('.') || raw.parse::<std::net::IpAddr>().is_ok() {
+            Host::Exact(raw)
+        } else {
+            Host::Exact(format!("{raw}.{namespace}.svc.{cluster_domain}"))
         }
     }
 

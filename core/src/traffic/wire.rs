@@ -396,3 +396,59 @@ pub struct OutlierWire {
     pub max_ejection_percent: Option<i64>,
     pub min_health_percent: Option<i64>,
 }
+
+// === ServiceEntry ===
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntrySpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServiceEntryPortWire>,
+    pub location: Option<String>,
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntryWire>,
+    pub workload_selector: Option<WorkloadSelectorWire>,
+    pub export_to: Option<Vec<String>>,
+    pub subject_alt_names: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntryPortWire {
+    pub number: u32,
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    pub target_port: Option<u32>,
+}
+
+/// An inline endpoint: Istio's `WorkloadEntry` spec.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntryWire {
+    pub address: Option<String>,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub network: Option<String>,
+    pub locality: Option<String>,
+    pub weight: Option<u32>,
+    pub service_account: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSelectorWire {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
