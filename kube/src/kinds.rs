@@ -18,6 +18,19 @@ pub struct Kind {
 pub const NAMESPACE: Kind = core_kind("Namespace", "namespaces");
 pub const POD: Kind = core_kind("Pod", "pods");
 pub const SERVICE: Kind = core_kind("Service", "services");
+pub const ENDPOINT_SLICE: Kind = Kind {
+    group: "discovery.k8s.io",
+    version: "v1",
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    istio: false,
+};
+/// Istio config, but it names services like Services do: a route may lead to any of them,
+/// so it is watched everywhere.
+pub const SERVICE_ENTRY: Kind = Kind {
+    istio: false,
+    ..istio("networking.istio.io", "ServiceEntry", "serviceentries")
+};
 
 const fn core_kind(kind: &'static str, plural: &'static str) -> Kind {
     Kind {
@@ -44,6 +57,8 @@ pub const ALL: &[Kind] = &[
     NAMESPACE,
     POD,
     SERVICE,
+    ENDPOINT_SLICE,
+    SERVICE_ENTRY,
     istio(
         "security.istio.io",
         "AuthorizationPolicy",

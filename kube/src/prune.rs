@@ -57,6 +57,29 @@ pub fn prune(kind: &Kind, mut obj: Value) -> Value {
                 keep(&spec, &["clusterIP", "clusterIPs", "selector", "ports"]),
             );
         }
+        "EndpointSlice" => {
+            let mut s = keep(&obj, &["addressType", "ports"]);
+            let endpoints: Vec<Value> = obj["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    let mut k = keep(e, &["addresses"]);
+                    if let Some(ready) = e.pointer("/conditions/ready") {
+                        k["conditions"] = serde_json::json!({ "ready": ready });
+                    }
+                    if let Some(t) = e.get("targetRef") {
+                        k["targetRef"] = keep(t, &["kind", "name"]);
+                    }
+                    k
+                })
+                .collect();
+            s["endpoints"] = endpoints.into();
+            // A slice has no spec: its fields sit at the top.
+            if let Value::Object(fields) = s {
+                out.extend(fields);
+            }
+        }
         // Istio objects are validated field by field (unknown fields are errors): keep the
         // spec whole.
         _ => {
@@ -102,6 +125,32 @@ mod tests {
                 "spec": {"nodeName": "n1", "serviceAccountName": "sa",
                          "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
                 "status": {"podIP": "10.0.0.1", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            })
+        );
+    }
+
+    #[test]
+    fn an_endpoint_slice_keeps_addresses_readiness_and_ports() {
+        let slice = json!({
+            "metadata": {"name": "s", "namespace": "a", "labels": {"kubernetes.io/service-name": "db"},
+                         "managedFields": [{}]},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "n1", "zone": "z",
+                           "conditions": {"ready": false, "serving": true},
+                           "targetRef": {"kind": "Pod", "name": "p", "uid": "u"}},
+                          {"addresses": ["10.0.0.2"]}],
+            "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]
+        });
+        assert_eq!(
+            prune(&crate::kinds::ENDPOINT_SLICE, slice),
+            json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "s", "namespace": "a", "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": false},
+                               "targetRef": {"kind": "Pod", "name": "p"}},
+                              {"addresses": ["10.0.0.2"]}],
+                "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]
             })
         );
     }

@@ -39,6 +39,31 @@ kind: Service
 metadata: {name: backend, namespace: demo}
 spec: {clusterIP: 10.96.0.10, selector: {app: backend}, ports: [{name: http, port: 80, targetPort: http}]}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: demo}
+spec: {clusterIP: 10.96.0.20, ports: [{name: sql, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-x1, namespace: demo, labels: {kubernetes.io/service-name: db}, managedFields: [{manager: m}]}
+addressType: IPv4
+ports: [{name: sql, port: 15432, protocol: TCP}]
+endpoints:
+- {addresses: [10.1.1.2], conditions: {ready: true, serving: true}, nodeName: n1, targetRef: {kind: Pod, name: backend-1, uid: b1}}
+- {addresses: [192.0.2.7], zone: z1}
+- {addresses: [192.0.2.8], conditions: {ready: false}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: payments, namespace: demo}
+spec:
+  hosts: [api.payments.example]
+  addresses: [240.0.0.1]
+  resolution: STATIC
+  ports: [{number: 443, name: https, protocol: TLS}]
+  endpoints: [{address: 198.51.100.1, labels: {version: v1}}]
+---
 apiVersion: security.istio.io/v1beta1
 kind: AuthorizationPolicy
 metadata: {name: backend, namespace: demo}
@@ -152,6 +177,11 @@ async fn synced(api: &FakeApiServer) -> (Running, Arc<MeshState>) {
     (r, s)
 }
 
+fn of_kind(objects: &[Value], kind: &str) -> Value {
+    let found = objects.iter().find(|o| o["kind"] == kind);
+    found.expect("MESH holds one of each kind").clone()
+}
+
 fn has_pod(s: &MeshState, name: &str) -> bool {
     s.workloads().any(|w| w.name == name)
 }
@@ -169,6 +199,13 @@ async fn initial_list_then_added_modified_deleted_match_the_file_source() {
     let (mut r, s) = synced(&api).await;
     assert_same(&s, &objects);
     assert!(r.status.borrow().synced);
+    let db = s.service_by_vip("10.96.0.20".parse().unwrap()).unwrap();
+    assert_eq!(
+        s.endpoints(db, 5432).len(),
+        2,
+        "the slice's ready endpoints"
+    );
+    assert!(s.service_by_host("api.payments.example").is_some());
 
     // ADDED
     let p = pod("backend-2", "10.1.2.4");
@@ -186,8 +223,26 @@ async fn initial_list_then_added_modified_deleted_match_the_file_source() {
     .await;
     assert_same(&s, &objects);
 
+    // MODIFIED: an EndpointSlice's endpoint turns ready.
+    let slice = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "EndpointSlice")
+        .unwrap();
+    slice["endpoints"][2]["conditions"]["ready"] = true.into();
+    api.apply(slice.clone());
+    let s = state_where(&mut r, "the ready endpoint", |s| {
+        s.service_by_vip("10.96.0.20".parse().unwrap())
+            .is_some_and(|db| s.endpoints(db, 5432).len() == 3)
+    })
+    .await;
+    assert_same(&s, &objects);
+
     // DELETED: the AuthorizationPolicy.
-    let policy = objects.remove(5);
+    let at = objects
+        .iter()
+        .position(|o| o["kind"] == "AuthorizationPolicy")
+        .unwrap();
+    let policy = objects.remove(at);
     api.delete(&policy);
     let s = state_where(&mut r, "the policy deletion", |s| {
         s.dump()["authorizationPolicies"]
@@ -273,7 +328,7 @@ async fn an_api_outage_keeps_the_last_state_serving_and_says_so() {
 async fn an_invalid_object_is_rejected_alone_and_its_last_version_keeps_serving() {
     let (api, objects) = serving_mesh().await;
     let (mut r, _) = synced(&api).await;
-    let mut bad = objects[7].clone();
+    let mut bad = of_kind(&objects, "VirtualService");
     bad["spec"]["http"][0]["rout"] = bad["spec"]["http"][0]["route"].take();
     api.apply(bad);
     let s = state_where(&mut r, "the rejection", |s| !s.rejections().is_empty()).await;
@@ -295,7 +350,7 @@ async fn an_invalid_object_is_rejected_alone_and_its_last_version_keeps_serving(
 #[tokio::test]
 async fn a_waypoint_scope_watches_istio_objects_of_its_namespaces_only() {
     let (api, objects) = serving_mesh().await;
-    let mut elsewhere = objects[7].clone();
+    let mut elsewhere = of_kind(&objects, "VirtualService");
     elsewhere["metadata"]["namespace"] = "legacy".into();
     api.apply(elsewhere);
     let (tx, mut states) = watch::channel(Arc::new(MeshState::default()));
@@ -331,7 +386,7 @@ async fn a_reporting_source_posts_each_rejection_once_as_an_event_on_the_object(
         .report_rejections(events);
     let task = tokio::spawn(source.run(tx, status_tx));
 
-    let mut bad = objects[7].clone();
+    let mut bad = of_kind(&objects, "VirtualService");
     bad["spec"]["http"][0]["rout"] = bad["spec"]["http"][0]["route"].take();
     api.apply(bad);
     wait_for(&mut states, "the rejection", |s| !s.rejections().is_empty()).await;

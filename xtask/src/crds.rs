@@ -45,6 +45,14 @@ fn crds() -> Vec<Crd> {
             spec: spec::<traffic::DestinationRuleSpec>(),
         },
         Crd {
+            group: "networking.istio.io",
+            kind: "ServiceEntry",
+            plural: "serviceentries",
+            short_names: &["se"],
+            versions: NETWORKING,
+            spec: spec::<traffic::ServiceEntrySpec>(),
+        },
+        Crd {
             group: "security.istio.io",
             kind: "AuthorizationPolicy",
             plural: "authorizationpolicies",

@@ -62,6 +62,45 @@ fn every_rendered_object_passes_the_kubernetes_schema() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// Whether `role` (a rendered ClusterRole) lets its holder list and watch `kind`.
+fn can_watch(role: &Value, kind: &lanyard_kube::kinds::Kind) -> bool {
+    let has = |list: &Value, want: &str| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|x| x == want || x == "*"))
+    };
+    role["rules"].as_array().into_iter().flatten().any(|r| {
+        has(&r["apiGroups"], kind.group)
+            && has(&r["resources"], kind.plural)
+            && has(&r["verbs"], "list")
+            && has(&r["verbs"], "watch")
+    })
+}
+
+#[test]
+fn every_watched_kind_is_readable_by_each_role_that_watches_it() {
+    let values = chart::values(&json!({})).unwrap();
+    let objects = chart::render(&values, "mesh", "r").unwrap();
+    let role = |name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no ClusterRole {name}"))
+    };
+    for kind in lanyard_kube::kinds::ALL {
+        for holder in ["lanyard-agent", "lanyard-ca"] {
+            assert!(can_watch(role(holder), kind), "{holder}: {}", kind.kind);
+        }
+        // A waypoint reads Istio config through its namespaced bindings, the rest cluster-wide.
+        let (waypoint, other) = if kind.istio {
+            ("lanyard-waypoint-config", "lanyard-waypoint-workloads")
+        } else {
+            ("lanyard-waypoint-workloads", "lanyard-waypoint-config")
+        };
+        assert!(can_watch(role(waypoint), kind), "{waypoint}: {}", kind.kind);
+        assert!(!can_watch(role(other), kind), "{other}: {}", kind.kind);
+    }
+}
+
 #[test]
 fn values_reach_the_objects() {
     let values = chart::values(&json!({"ca": {"enabled": false},
@@ -102,7 +141,7 @@ fn values_reach_the_objects() {
 #[test]
 fn every_crd_is_structural_and_serves_istios_versions() {
     let crds = chart::crds().unwrap();
-    assert_eq!(crds.len(), 5);
+    assert_eq!(crds.len(), 6);
     assert!(problems_of(&crds).is_empty(), "{:#?}", problems_of(&crds));
     let vs = crds
         .iter()

@@ -75,6 +75,13 @@ impl ServiceEntry {
                 );
             }
         }
+        if spec
+            .export_to
+            .as_ref()
+            .is_some_and(|e| e.iter().any(|x| x != "*"))
+        {
+            warnings.push("spec.exportTo: ignored; the entry is visible to the whole mesh".into());
+        }
         let mut vips = Vec::new();
         for (i, raw) in spec.addresses.iter().enumerate() {
             let (ip, prefix) = match raw.split_once('/') {
