@@ -230,6 +230,62 @@ fn service_vips_spread_over_endpoints_and_non_mesh_destinations_pass_through() {
         metric(&text, "istio_tcp_connections_closed_total", &passthrough),
         1.0
     );
+
+    // A selector-less Service served by an EndpointSlice (a meshed pod: HBONE), and a
+    // ServiceEntry whose endpoint is outside the mesh (plain TCP).
+    let web_a = mesh.pod("web-a").ip;
+    let legacy_ip = mesh.pod("legacy").ip;
+    mesh.extra_yaml = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web-manual, namespace: demo}}\n\
+         spec: {{clusterIP: 10.96.0.11, ports: [{{name: web, port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-manual-1, namespace: demo, labels: {{kubernetes.io/service-name: web-manual}}}}\n\
+         addressType: IPv4\nports: [{{name: web, port: 8080}}]\n\
+         endpoints: [{{addresses: [{web_a}]}}, {{addresses: [{web_a}], conditions: {{ready: false}}}}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: legacy-db, namespace: demo}}\n\
+         spec: {{hosts: [db.legacy.example], addresses: [240.0.0.10], resolution: STATIC,\n\
+                 ports: [{{number: 5432, name: tcp-db, targetPort: 8080}}], endpoints: [{{address: {legacy_ip}}}]}}\n"
+    );
+    mesh.write_config().unwrap();
+    lanyard_e2e::wait_for(Duration::from_secs(10), "the new services", || {
+        let dump = mesh.config_dump(0).ok()?;
+        let services = dump["state"]["services"].as_array()?.clone();
+        (services.len() == 3).then_some(())
+    })
+    .unwrap();
+    let out = mesh
+        .run("client", &["client", "--addr", "10.96.0.11:80"])
+        .unwrap();
+    assert!(out.starts_with("greeting=web-a "), "{out}");
+    let text = mesh.metrics(0).unwrap();
+    let manual = [
+        ("destination_service", "web-manual.demo.svc.cluster.local"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(
+        metric(&text, "istio_tcp_connections_closed_total", &manual),
+        1.0
+    );
+    let out = mesh
+        .run(
+            "client",
+            &["client", "--addr", "240.0.0.10:5432", "--bytes", "100"],
+        )
+        .unwrap();
+    assert_eq!(
+        out.trim(),
+        format!("greeting=legacy {client_ip} echoed=100")
+    );
+    let text = mesh.metrics(0).unwrap();
+    let entry = [
+        ("destination_service", "db.legacy.example"),
+        ("connection_security_policy", "unknown"),
+    ];
+    assert_eq!(
+        metric(&text, "istio_tcp_connections_closed_total", &entry),
+        1.0
+    );
 }
 
 #[test]

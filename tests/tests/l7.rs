@@ -740,3 +740,61 @@ spec:
         0.0
     );
 }
+
+#[test]
+fn a_service_entry_host_is_routed_by_the_waypoint_to_an_endpoint_outside_the_mesh() {
+    let mut mesh = Mesh::builder("l7se")
+        .nodes(2)
+        .namespace("demo", true)
+        .namespace("outside", false)
+        .waypoint("demo")
+        .pod(PodSpec::new("client", "demo").node(0))
+        .pod(PodSpec::new("payments", "outside").node(1))
+        .start()
+        .expect("mesh starts");
+    mesh.serve_http("payments", 8080, &[]).unwrap();
+    let outside = mesh.pod("payments").ip;
+    // The entry lives in demo, whose waypoint serves it; its endpoint has no agent in front,
+    // so the waypoint speaks plain HTTP to it after routing.
+    apply(
+        &mut mesh,
+        &format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: payments, namespace: demo}}
+spec:
+  hosts: [api.payments.example]
+  addresses: [240.0.0.20]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  endpoints: [{{address: {outside}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: payments, namespace: demo}}
+spec:
+  hosts: [api.payments.example]
+  http:
+  - match: [{{uri: {{prefix: /v1/}}}}]
+    rewrite: {{uri: /internal/}}
+    route: [{{destination: {{host: api.payments.example}}}}]
+"
+        ),
+    );
+    let r = load(
+        &mesh,
+        &["--url", "http://240.0.0.20:80/v1/charge", "--count", "5"],
+    );
+    assert_eq!(count(&r, "statuses", "200"), 5, "{r}");
+    let body: Value = serde_json::from_str(r["lastBody"].as_str().unwrap()).unwrap();
+    assert_eq!(body["name"], "payments", "{body}");
+    assert_eq!(body["path"], "/internal/charge", "the waypoint rewrote it");
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    let labels = [
+        ("destination_service", "api.payments.example"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(metric(&text, "istio_requests_total", &labels), 5.0);
+}
