@@ -1,11 +1,13 @@
 //! Keeps capture in step with the mesh state: every local pod that the mesh captures gets a
 //! running `PodProxy`; every other pod gets none. Pods whose network namespace cannot be found
-//! yet (not started) are retried.
+//! yet (not started) are retried, and a pod whose sandbox is recreated (a new network
+//! namespace under the same UID) is enrolled again in the new one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lanyard_core::identity::Identity;
 use tokio::sync::watch;
@@ -21,7 +23,13 @@ pub struct Enroller {
     /// Last error per pod, so that a pod failing every retry is reported once per change.
     last_error: HashMap<String, String>,
     enrolled_tx: watch::Sender<BTreeMap<String, Ipv4Addr>>,
+    /// When enrolled pods' namespaces were last compared with their current sandboxes.
+    sandboxes_checked: Instant,
 }
+
+/// How often enrolled pods are checked for a recreated sandbox: a cgroup walk per pod, so
+/// not on every reconcile.
+const SANDBOX_CHECK: Duration = Duration::from_secs(3);
 
 // === impl Enroller ===
 
@@ -37,6 +45,7 @@ impl Enroller {
             pods: HashMap::new(),
             last_error: HashMap::new(),
             enrolled_tx,
+            sandboxes_checked: Instant::now(),
         };
         (me, rx)
     }
@@ -71,7 +80,7 @@ impl Enroller {
             .filter_map(|w| Some((w.uid.as_str(), (w.clone(), w.ip?))))
             .collect();
 
-        let stale: Vec<String> = self
+        let mut stale: Vec<String> = self
             .pods
             .iter()
             .filter(|(uid, p)| {
@@ -81,9 +90,29 @@ impl Enroller {
             })
             .map(|(uid, _)| uid.clone())
             .collect();
-        for uid in stale {
+        for uid in stale.drain(..) {
             if let Some(p) = self.pods.remove(&uid) {
                 info!(target: "enroll", pod = %p.ctx.workload.name, namespace = %p.ctx.workload.namespace, "pod unenrolled");
+            }
+        }
+        if self.sandboxes_checked.elapsed() >= SANDBOX_CHECK {
+            self.sandboxes_checked = Instant::now();
+            let config = &self.inputs.config;
+            for (uid, p) in &self.pods {
+                // No process right now (mid-restart) proves nothing: checked again next time.
+                let Ok(path) =
+                    netns::find_pod_netns_path(&config.cgroup_root, &config.proc_root, uid)
+                else {
+                    continue;
+                };
+                if !p.ctx.netns.is_at(&path) {
+                    stale.push(uid.clone());
+                }
+            }
+            for uid in stale {
+                if let Some(p) = self.pods.remove(&uid) {
+                    info!(target: "enroll", pod = %p.ctx.workload.name, namespace = %p.ctx.workload.namespace, "pod sandbox recreated: enrolling it again");
+                }
             }
         }
 

@@ -75,6 +75,7 @@ pub struct Node {
     agent: Option<Child>,
 }
 
+#[derive(Clone)]
 pub struct Pod {
     pub spec: PodSpec,
     pub uid: String,
@@ -82,6 +83,8 @@ pub struct Pod {
     pub netns: String,
     pub node: usize,
     pub cgroup: PathBuf,
+    /// The node's end of the pod's veth.
+    pub host_if: String,
 }
 
 pub struct MeshBuilder {
@@ -272,9 +275,32 @@ impl Mesh {
         let ip = Ipv4Addr::new(10, 244, node as u8 + 1, k as u8 + 2);
         let ns = format!("{PREFIX}{}-{}", self.id, spec.name);
         let uid = spec::uid();
-        netns::add(&ns)?;
         let host_if = format!("{}p{}", self.id, self.pods.len());
-        let node_ns = &self.nodes[node].netns;
+        // kubelet's layout: kubepods/pod<uid>/<container>; the sandbox holds the netns.
+        let cgroup = self.nodes[node]
+            .cgroup
+            .join("kubepods")
+            .join(format!("pod{uid}"));
+        std::fs::create_dir_all(cgroup.join("app"))?;
+        let pod = Pod {
+            spec,
+            uid,
+            ip,
+            netns: ns,
+            node,
+            cgroup,
+            host_if,
+        };
+        self.start_sandbox(&pod)?;
+        self.pods.push(pod);
+        Ok(())
+    }
+
+    /// A pod's network namespace wired to its node by a veth, and its pause process.
+    fn start_sandbox(&mut self, pod: &Pod) -> Result<()> {
+        let (ns, ip, host_if) = (&pod.netns, pod.ip, &pod.host_if);
+        netns::add(ns)?;
+        let node_ns = &self.nodes[pod.node].netns;
         netns::sh(&format!(
             "ip link add {host_if} netns {node_ns} type veth peer name eth0 netns {ns} && \
              ip -n {ns} link set lo up && ip -n {ns} addr add {ip}/32 dev eth0 && ip -n {ns} link set eth0 up && \
@@ -283,29 +309,48 @@ impl Mesh {
              ip netns exec {node_ns} sysctl -qw net.ipv4.neigh.{host_if}.proxy_delay=0 && \
              ip -n {node_ns} route add {ip}/32 dev {host_if}"
         ))?;
-        // kubelet's layout: kubepods/pod<uid>/<container>; the sandbox holds the netns.
-        let cgroup = self.nodes[node]
-            .cgroup
-            .join("kubepods")
-            .join(format!("pod{uid}"));
-        std::fs::create_dir_all(cgroup.join("pause"))?;
-        std::fs::create_dir_all(cgroup.join("app"))?;
+        std::fs::create_dir_all(pod.cgroup.join("pause"))?;
         let pause = Command::new(bin("e2e-tool"))
             .args(["pause", "--cgroup"])
-            .arg(cgroup.join("pause"))
+            .arg(pod.cgroup.join("pause"))
             .args(["--netns", &format!("/run/netns/{ns}")])
             .stdin(Stdio::null())
             .spawn()
             .context("starting pod sandbox")?;
         self.children.push(pause);
-        self.pods.push(Pod {
-            spec,
-            uid,
-            ip,
-            netns: ns,
-            node,
-            cgroup,
-        });
+        Ok(())
+    }
+
+    /// Recreates pod `name`'s sandbox as a kubelet does when it dies: every process of the pod
+    /// ends, and a new network namespace gets the same UID and IP. Nothing runs in it but the
+    /// pause process until the test starts its app again.
+    pub fn recreate_sandbox(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .pods
+            .iter()
+            .position(|p| p.spec.name == name)
+            .with_context(|| format!("no pod {name}"))?;
+        let pod = self.pods[i].clone();
+        std::fs::write(pod.cgroup.join("cgroup.kill"), "1")?;
+        wait_for(Duration::from_secs(5), "the pod's processes to end", || {
+            let procs = |d: &str| {
+                std::fs::read_to_string(pod.cgroup.join(d).join("cgroup.procs")).unwrap_or_default()
+            };
+            (procs("pause").trim().is_empty() && procs("app").trim().is_empty()).then_some(())
+        })?;
+        for c in &mut self.children {
+            let _ = c.try_wait();
+        }
+        // The old namespace lives on while the agent holds it; its veth goes with the node end.
+        let node_ns = &self.nodes[pod.node].netns;
+        netns::sh(&format!("ip -n {node_ns} link del {}", pod.host_if))?;
+        netns::del(&pod.netns)?;
+        let restarted = Pod {
+            host_if: format!("{}r", pod.host_if),
+            ..pod
+        };
+        self.start_sandbox(&restarted)?;
+        self.pods[i] = restarted;
         Ok(())
     }
 

@@ -493,3 +493,32 @@ fn a_malformed_object_is_reported_and_the_last_good_state_keeps_serving() {
     assert!(out.trim().ends_with("echoed=10"));
     assert_eq!(mtls_connections(&mesh, 1, "destination", "server"), 1.0);
 }
+
+#[test]
+fn a_pod_whose_sandbox_is_recreated_is_enrolled_again_in_its_new_namespace() {
+    let mut mesh = two_node_mesh("l4r");
+    mesh.serve("server", 8080).unwrap();
+    let addr = format!("{}:8080", mesh.pod("server").ip);
+    let echoed = |mesh: &Mesh| {
+        mesh.run("client", &["client", "--addr", &addr, "--bytes", "10"])
+            .ok()
+            .filter(|o| o.trim().ends_with("echoed=10"))
+    };
+    assert!(echoed(&mesh).is_some());
+    // Same pod UID and IP, new network namespace: the agent's listeners and BPF entries for
+    // the old one reach nothing now.
+    mesh.recreate_sandbox("server").unwrap();
+    mesh.serve("server", 8080).unwrap();
+    lanyard_e2e::wait_for(
+        Duration::from_secs(15),
+        "the server over the mesh again",
+        || echoed(&mesh),
+    )
+    .unwrap();
+    assert!(
+        mesh.agent_log(1).contains("pod sandbox recreated"),
+        "{}",
+        mesh.agent_log(1)
+    );
+    assert_eq!(mtls_connections(&mesh, 1, "destination", "server"), 2.0);
+}

@@ -156,6 +156,13 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Whether `path` (a `/proc/<pid>/ns/net`) is still this namespace. A pod whose sandbox
+    /// was recreated (same UID, often the same IP) has a new one.
+    pub fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).is_ok_and(|m| m.ino() == self.inode)
+    }
+
     /// The kernel's cookie for this namespace, as `bpf_get_netns_cookie` sees it.
     pub fn cookie(&self) -> u64 {
         self.cookie
