@@ -36,6 +36,74 @@ fn the_manifest_file_is_the_rendered_chart() {
     );
 }
 
+/// Objects by (kind, namespace, name), for comparing renderings regardless of order.
+fn by_key(objects: Vec<Value>) -> std::collections::BTreeMap<String, Value> {
+    objects
+        .into_iter()
+        .map(|o| {
+            let key = format!(
+                "{} {}/{}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            (key, o)
+        })
+        .collect()
+}
+
+#[test]
+fn helm_itself_lints_the_chart_and_renders_what_our_renderer_does() {
+    let helm = crate::setup::helm().expect("helm (fetched by `cargo xtask setup`)");
+    let chart_dir = repo_root().join("deploy/helm/lanyard");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&helm)
+            .args(args)
+            .arg(&chart_dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "helm {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    run(&["lint", "--strict"]);
+    let istiod = json!({"ca": {"enabled": false}, "agent": {"ca": {
+        "address": "https://istiod.istio-system.svc:15012",
+        "serverName": "istiod.istio-system.svc",
+        "rootConfigMap": "istio-ca-root-cert"}}});
+    for overrides in [json!({}), istiod] {
+        let file = std::env::temp_dir().join(format!("lanyard-values-{}.json", std::process::id()));
+        std::fs::write(&file, overrides.to_string()).unwrap();
+        let text = run(&[
+            "template",
+            "r",
+            "--namespace",
+            "mesh",
+            "--include-crds",
+            "--values",
+            file.to_str().unwrap(),
+        ]);
+        let _ = std::fs::remove_file(&file);
+        let theirs = by_key(chart::documents(&text).unwrap());
+        let values = chart::values(&overrides).unwrap();
+        let mut ours = chart::render(&values, "mesh", "r").unwrap();
+        ours.extend(chart::crds().unwrap());
+        let ours = by_key(ours);
+        assert_eq!(
+            theirs.keys().collect::<Vec<_>>(),
+            ours.keys().collect::<Vec<_>>(),
+            "{overrides}"
+        );
+        for (key, object) in &ours {
+            assert_eq!(&theirs[key], object, "{overrides}: {key}");
+        }
+    }
+}
+
 #[test]
 fn every_rendered_object_passes_the_kubernetes_schema() {
     let variants = [

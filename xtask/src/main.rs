@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the system packages the build and tests need.
+    /// Install the system packages the build and tests need, and fetch helm.
     Setup,
     /// Lint, build, and run every test.
     Test,
@@ -61,7 +61,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Setup => setup::ensure(),
+        Cmd::Setup => setup::ensure().and_then(|()| setup::helm().map(drop)),
         Cmd::Test => test(),
         Cmd::Lint => lint(),
         Cmd::E2eClean => setup::clean_e2e(),
@@ -116,6 +116,7 @@ fn lint() -> Result<()> {
 
 fn test() -> Result<()> {
     setup::ensure()?;
+    setup::helm()?;
     lint()?;
     // The end-to-end tests run the workspace's binaries: build them first.
     cargo(&["build", "--workspace", "--bins"])?;

