@@ -2,7 +2,7 @@
 //! (a selector, EndpointSlices, a ServiceEntry's list), so that a connection to a VIP only
 //! looks them up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -76,21 +76,20 @@ impl MeshState {
         };
         let name = sp.name.as_deref().unwrap_or_default();
         let mut eps = Vec::new();
+        let mut seen = HashSet::new();
         for slice in slices {
             let Some(port) = slice.port(name) else {
                 continue;
             };
             for e in slice.endpoints.iter().filter(|e| e.ready) {
+                // The same address in two slices (a controller's handover) is one endpoint.
+                if !seen.insert((e.address, port)) {
+                    continue;
+                }
                 let none = BTreeMap::new();
                 let workload =
                     self.endpoint_workload(svc, e.address, e.target.as_deref(), &none, None);
-                // The same address in two slices (a controller's handover) is one endpoint.
-                if !eps
-                    .iter()
-                    .any(|x: &Endpoint| x.workload.ip == Some(e.address) && x.port == port)
-                {
-                    eps.push(Endpoint { workload, port });
-                }
+                eps.push(Endpoint { workload, port });
             }
         }
         eps
