@@ -80,7 +80,7 @@ impl Enroller {
             .filter_map(|w| Some((w.uid.as_str(), (w.clone(), w.ip?))))
             .collect();
 
-        let mut stale: Vec<String> = self
+        let stale: Vec<String> = self
             .pods
             .iter()
             .filter(|(uid, p)| {
@@ -90,7 +90,7 @@ impl Enroller {
             })
             .map(|(uid, _)| uid.clone())
             .collect();
-        for uid in stale.drain(..) {
+        for uid in stale {
             if let Some(p) = self.pods.remove(&uid) {
                 info!(target: "enroll", pod = %p.ctx.workload.name, namespace = %p.ctx.workload.namespace, "pod unenrolled");
             }
@@ -98,18 +98,17 @@ impl Enroller {
         if self.sandboxes_checked.elapsed() >= SANDBOX_CHECK {
             self.sandboxes_checked = Instant::now();
             let config = &self.inputs.config;
-            for (uid, p) in &self.pods {
-                // No process right now (mid-restart) proves nothing: checked again next time.
-                let Ok(path) =
+            // No process right now (mid-restart) proves nothing: checked again next time.
+            let recreated: Vec<String> = self
+                .pods
+                .iter()
+                .filter(|(uid, p)| {
                     netns::find_pod_netns_path(&config.cgroup_root, &config.proc_root, uid)
-                else {
-                    continue;
-                };
-                if !p.ctx.netns.is_at(&path) {
-                    stale.push(uid.clone());
-                }
-            }
-            for uid in stale {
+                        .is_ok_and(|path| !p.ctx.netns.is_at(&path))
+                })
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            for uid in recreated {
                 if let Some(p) = self.pods.remove(&uid) {
                     info!(target: "enroll", pod = %p.ctx.workload.name, namespace = %p.ctx.workload.namespace, "pod sandbox recreated: enrolling it again");
                 }

@@ -138,13 +138,7 @@ impl ConnectorInner {
                 .map(|w| w.identity(state.trust_domain()))
         };
         let Some(expected) = expected else {
-            let tcp =
-                tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(authority))
-                    .await
-                    .map_err(|_| Error::ConnectTimeout(authority))?
-                    .map_err(|e| Error::Connect(authority, e))?;
-            let _ = tcp.set_nodelay(true);
-            return Ok(Stream::Plain(tcp));
+            return Ok(Stream::Plain(self.tcp(authority).await?));
         };
         let hbone_addr = SocketAddr::new(authority.ip(), hbone::HBONE_DEFAULT_PORT);
         let conn = match self.pooled(hbone_addr) {
@@ -179,13 +173,18 @@ impl ConnectorInner {
         Some(c.clone())
     }
 
-    async fn dial(&self, addr: SocketAddr, expected: &Identity) -> Result<Connection, Error> {
-        let cert = self.secrets.fetch(&self.config.identity).await?;
+    async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, Error> {
         let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::ConnectTimeout(addr))?
             .map_err(|e| Error::Connect(addr, e))?;
         let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    async fn dial(&self, addr: SocketAddr, expected: &Identity) -> Result<Connection, Error> {
+        let cert = self.secrets.fetch(&self.config.identity).await?;
+        let tcp = self.tcp(addr).await?;
         let tls = tokio::time::timeout(
             self.config.handshake_timeout,
             tls::connect(tcp, &cert, expected),
@@ -200,9 +199,9 @@ impl ConnectorInner {
 }
 
 impl tower_service::Service<http::Uri> for Connector {
-    type Response = HboneStream;
+    type Response = EndpointIo;
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<HboneStream, Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<EndpointIo, Error>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
@@ -216,7 +215,7 @@ impl tower_service::Service<http::Uri> for Connector {
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| Error::BadUri(uri.clone()))?;
             let io = inner.connect(authority).await?;
-            Ok(HboneStream {
+            Ok(EndpointIo {
                 io: TokioIo::new(io),
             })
         })
@@ -271,17 +270,17 @@ impl AsyncWrite for Stream {
 }
 
 /// One HTTP connection's byte stream, as hyper's client reads and writes it.
-pub struct HboneStream {
+pub struct EndpointIo {
     io: TokioIo<Stream>,
 }
 
-impl HyperConnection for HboneStream {
+impl HyperConnection for EndpointIo {
     fn connected(&self) -> Connected {
         Connected::new()
     }
 }
 
-impl Read for HboneStream {
+impl Read for EndpointIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -291,7 +290,7 @@ impl Read for HboneStream {
     }
 }
 
-impl Write for HboneStream {
+impl Write for EndpointIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

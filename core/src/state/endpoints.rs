@@ -21,20 +21,27 @@ impl MeshState {
                 .or_default()
                 .entry(svc.name.clone())
                 .or_default();
+            // The selected pods, found once for all of the service's ports.
+            let members: Vec<&Arc<Workload>> = match &svc.endpoints {
+                EndpointSource::Selector(selector) => self
+                    .workloads
+                    .values()
+                    .filter(|w| w.namespace == svc.namespace && w.ready && w.ip.is_some())
+                    .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                    .collect(),
+                _ => Vec::new(),
+            };
             for sp in &svc.ports {
                 let eps: Vec<Endpoint> = match &svc.endpoints {
-                    EndpointSource::Selector(selector) => self
-                        .workloads
-                        .values()
-                        .filter(|w| w.namespace == svc.namespace && w.ready && w.ip.is_some())
-                        .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                    EndpointSource::Selector(_) => members
+                        .iter()
                         .filter_map(|w| {
                             let port = match &sp.target_port {
                                 TargetPort::Number(n) => *n,
                                 TargetPort::Named(name) => *w.named_ports.get(name)?,
                             };
                             Some(Endpoint {
-                                workload: w.clone(),
+                                workload: (*w).clone(),
                                 port,
                             })
                         })

@@ -112,6 +112,7 @@ impl MeshState {
             root_namespace: settings.root_namespace.clone(),
             ..Default::default()
         };
+        let mut entries = Vec::new();
         for resource in snapshot.resources.into_values() {
             match resource {
                 Resource::Namespace(ns) => {
@@ -142,7 +143,7 @@ impl MeshState {
                             .push(e);
                     }
                 }
-                Resource::ServiceEntry(e) => state.service_entries.push(e),
+                Resource::ServiceEntry(e) => entries.push(e),
                 Resource::AuthorizationPolicy(p) => {
                     // Unchanged (the common case): share it rather than copy it.
                     let l4 = p.for_l4().map_or_else(|| p.clone(), |(l4, _)| Arc::new(l4));
@@ -160,33 +161,21 @@ impl MeshState {
             }
         }
         // After every Service: where an entry claims a Service's VIP or host, the Service wins.
-        for entry in std::mem::take(&mut state.service_entries) {
-            for s in &entry.services {
-                let s = Arc::new(s.clone());
-                for vip in &s.vips {
-                    state.by_vip.entry(*vip).or_insert_with(|| s.clone());
-                }
-                state
-                    .services
-                    .entry((s.namespace.clone(), s.name.clone()))
-                    .or_insert(s);
+        for s in entries.iter().flat_map(|e| &e.services) {
+            for vip in &s.vips {
+                state.by_vip.entry(*vip).or_insert_with(|| s.clone());
             }
-            state.service_entries.push(entry);
+            state
+                .services
+                .entry((s.namespace.clone(), s.name.clone()))
+                .or_insert_with(|| s.clone());
         }
+        state.service_entries = entries;
         for s in state.services.values() {
             let host = s.hostname(&state.cluster_domain);
-            if host.starts_with('*') {
-                continue; // a wildcard entry names no one host
-            }
-            match state.by_host.entry(host) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(s.clone());
-                }
-                std::collections::hash_map::Entry::Occupied(mut o) => {
-                    if s.host.is_none() {
-                        o.insert(s.clone());
-                    }
-                }
+            // A wildcard entry names no one host.
+            if !host.starts_with('*') && (s.host.is_none() || !state.by_host.contains_key(&host)) {
+                state.by_host.insert(host, s.clone());
             }
         }
         state.traffic_index = state.index_traffic();

@@ -237,12 +237,9 @@ fn bad_entries_and_slices_are_refused_with_the_field() {
         ),
     ];
     for (body, field) in cases {
-        let api = if body.starts_with("kind: ServiceEntry") {
-            "networking.istio.io/v1"
-        } else {
-            "discovery.k8s.io/v1"
-        };
-        let yaml = format!("apiVersion: {api}\n{body}\nmetadata: {{name: x, namespace: demo}}\n");
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\n{body}\nmetadata: {{name: x, namespace: demo}}\n"
+        );
         let s = state_of(&yaml);
         let r = s
             .rejections()

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use super::service::{EndpointSource, Service, ServicePort, StaticEndpoint, TargetPort};
 use crate::traffic::wire::ServiceEntrySpec;
@@ -17,7 +18,7 @@ pub struct ServiceEntry {
     pub namespace: String,
     pub name: String,
     /// One per host, in the order written.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// Fields accepted but not acted on, for the analyzers.
     pub warnings: Vec<String>,
 }
@@ -223,14 +224,16 @@ impl ServiceEntry {
         };
         let services = hosts
             .into_iter()
-            .map(|host| Service {
-                name: host.clone(),
-                namespace: namespace.to_string(),
-                host: Some(host),
-                vips: vips.clone(),
-                ports: ports.clone(),
-                endpoints: endpoints.clone(),
-                labels: labels.clone(),
+            .map(|host| {
+                Arc::new(Service {
+                    name: host.clone(),
+                    namespace: namespace.to_string(),
+                    host: Some(host),
+                    vips: vips.clone(),
+                    ports: ports.clone(),
+                    endpoints: endpoints.clone(),
+                    labels: labels.clone(),
+                })
             })
             .collect();
         Ok(ServiceEntry {
