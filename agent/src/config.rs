@@ -84,12 +84,20 @@ pub struct Args {
     pub metrics_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
-    #[arg(long, default_value_t = 2)]
+    /// Threads that run the data path. With 1, everything runs on one thread, with no
+    /// wake-ups between threads: the least CPU per request at moderate rates.
+    #[arg(long, env = "LANYARD_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
     /// Remove pinned BPF state on exit (capture stops). Without it, capture stays and
     /// connections of enrolled pods fail until the agent is back: fail closed.
     #[arg(long)]
     pub cleanup_on_exit: bool,
+    /// One JSON line per connection on stdout, or none.
+    #[arg(long, env = "LANYARD_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
+    pub access_log: String,
+    /// How long access-log lines may wait before they are written, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub access_log_flush_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +128,8 @@ pub struct Config {
     pub config_poll_interval: Duration,
     /// How often pods whose namespace cannot be found yet are retried.
     pub enroll_retry: Duration,
+    /// None: no access log.
+    pub access_log_flush: Option<Duration>,
 }
 
 impl From<Args> for Config {
@@ -161,6 +171,8 @@ impl From<Args> for Config {
             pool_idle_timeout: Duration::from_secs(30),
             config_poll_interval: Duration::from_millis(250),
             enroll_retry: Duration::from_millis(500),
+            access_log_flush: (a.access_log == "stdout")
+                .then(|| Duration::from_millis(a.access_log_flush_ms.max(1))),
         }
     }
 }

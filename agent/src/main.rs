@@ -9,6 +9,7 @@ use lanyard_agent::config::{Args, Config};
 use lanyard_agent::enroll::Enroller;
 use lanyard_agent::metrics::Metrics;
 use lanyard_agent::proxy::ProxyInputs;
+use lanyard_core::access_log::AccessLog;
 use lanyard_core::secrets::SecretConfig;
 use lanyard_core::state::Settings;
 use lanyard_kube::{ConfigSource, Running, Scope};
@@ -31,11 +32,15 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .enable_all()
-        .build()?
-        .block_on(run(config))
+    let mut runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    runtime.enable_all().build()?.block_on(run(config))
 }
 
 /// Every proxied connection holds descriptors; the default soft limit (1024) is far too low
@@ -108,7 +113,11 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         tokio::spawn(probes::keep_node_sources(capture.clone(), host, every));
     }
     let registry = prometheus::Registry::new();
-    let metrics = Arc::new(Metrics::new(&registry)?);
+    let access_log = match config.access_log_flush {
+        Some(every) => AccessLog::stdout(every),
+        None => AccessLog::off(),
+    };
+    let metrics = Arc::new(Metrics::new(&registry, access_log.clone())?);
     lanyard_kube::metrics::register(&registry, source_status.clone())?;
     let inputs = Arc::new(ProxyInputs::new(
         config.clone(),
@@ -150,6 +159,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         admin_state,
         &["/healthz/ready"],
     ));
+    lanyard_core::heap::spawn_trimmer(lanyard_core::heap::TRIM_INTERVAL);
     let _ = ready_tx.send(true);
     info!(node = %config.node, "lanyard-agent ready");
 
@@ -159,6 +169,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     info!("shutting down");
+    access_log.close();
     enroller.abort();
     let _ = enroller.await;
     if config.cleanup_on_exit {

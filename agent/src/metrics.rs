@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
+use lanyard_core::access_log::AccessLog;
 use prometheus::{IntCounterVec, Opts, Registry};
-use tracing::info;
+use serde::Serialize;
 
 /// Istio's TCP metric labels, in this order.
 pub const LABELS: [&str; 10] = [
@@ -28,6 +29,7 @@ pub struct Metrics {
     pub hbone_handshake_failures: IntCounterVec,
     /// Connections refused or closed by policy, with the policy that decided.
     pub denied: IntCounterVec,
+    access_log: AccessLog,
 }
 
 fn counter(
@@ -44,7 +46,7 @@ fn counter(
 // === impl Metrics ===
 
 impl Metrics {
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub fn new(registry: &Registry, access_log: AccessLog) -> Result<Self, prometheus::Error> {
         Ok(Self {
             opened: counter(
                 registry,
@@ -82,6 +84,7 @@ impl Metrics {
                 "Connections refused or closed by policy, by deciding policy (namespace/name) and reason",
                 &["destination_workload", "destination_workload_namespace", "policy", "reason"],
             )?,
+            access_log,
         })
     }
 }
@@ -168,26 +171,59 @@ impl<'m> ConnRecord<'m> {
         m.received.with_label_values(&labels).inc_by(from_client);
         m.sent.with_label_values(&labels).inc_by(to_client);
         let i = &self.info;
-        info!(
-            target: "access",
-            direction = i.reporter,
-            src.addr = %i.src_addr,
-            src.workload = %i.src_workload,
-            src.namespace = %i.src_namespace,
-            src.identity = %i.src_principal,
-            dst.addr = %i.dst_addr,
-            dst.workload = %i.dst_workload,
-            dst.namespace = %i.dst_namespace,
-            dst.identity = %i.dst_principal,
-            dst.service = %i.dst_service,
-            security = i.security,
-            bytes_from_client = from_client,
-            bytes_to_client = to_client,
-            duration_ms = self.start.elapsed().as_millis() as u64,
-            response_flags = flags,
-            authz.policy = i.policy.as_deref(),
-            error = error.map(|e| e.to_string()),
-            "connection complete"
-        );
+        let error = error.map(|e| e.to_string());
+        let entry = AccessEntry {
+            direction: i.reporter,
+            src_addr: &i.src_addr,
+            src_workload: &i.src_workload,
+            src_namespace: &i.src_namespace,
+            src_identity: &i.src_principal,
+            dst_addr: &i.dst_addr,
+            dst_workload: &i.dst_workload,
+            dst_namespace: &i.dst_namespace,
+            dst_identity: &i.dst_principal,
+            dst_service: &i.dst_service,
+            security: i.security,
+            bytes_from_client: from_client,
+            bytes_to_client: to_client,
+            duration_ms: self.start.elapsed().as_millis() as u64,
+            response_flags: flags,
+            authz_policy: i.policy.as_deref(),
+            error: error.as_deref(),
+        };
+        m.access_log.write("connection complete", &entry);
     }
+}
+
+/// One connection's access-log line. Field names are ztunnel's.
+#[derive(Serialize)]
+struct AccessEntry<'a> {
+    direction: &'a str,
+    #[serde(rename = "src.addr")]
+    src_addr: &'a str,
+    #[serde(rename = "src.workload")]
+    src_workload: &'a str,
+    #[serde(rename = "src.namespace")]
+    src_namespace: &'a str,
+    #[serde(rename = "src.identity")]
+    src_identity: &'a str,
+    #[serde(rename = "dst.addr")]
+    dst_addr: &'a str,
+    #[serde(rename = "dst.workload")]
+    dst_workload: &'a str,
+    #[serde(rename = "dst.namespace")]
+    dst_namespace: &'a str,
+    #[serde(rename = "dst.identity")]
+    dst_identity: &'a str,
+    #[serde(rename = "dst.service")]
+    dst_service: &'a str,
+    security: &'a str,
+    bytes_from_client: u64,
+    bytes_to_client: u64,
+    duration_ms: u64,
+    response_flags: &'a str,
+    #[serde(rename = "authz.policy", skip_serializing_if = "Option::is_none")]
+    authz_policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }

@@ -49,8 +49,16 @@ pub struct Args {
     pub admin_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
-    #[arg(long, default_value_t = 2)]
+    /// Threads that run the data path. With 1, everything runs on one thread, with no
+    /// wake-ups between threads: the least CPU per request at moderate rates.
+    #[arg(long, env = "LANYARD_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
+    /// One JSON line per request on stdout, or none.
+    #[arg(long, env = "LANYARD_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
+    pub access_log: String,
+    /// How long access-log lines may wait before they are written, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub access_log_flush_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +84,8 @@ pub struct Config {
     pub config_poll_interval: Duration,
     /// Largest request body kept for retries and mirrors; larger bodies stream once.
     pub max_buffered_body: usize,
+    /// None: no access log.
+    pub access_log_flush: Option<Duration>,
 }
 
 impl From<Args> for Config {
@@ -106,6 +116,8 @@ impl From<Args> for Config {
             pool_idle_timeout: Duration::from_secs(30),
             config_poll_interval: Duration::from_millis(250),
             max_buffered_body: 64 * 1024,
+            access_log_flush: (a.access_log == "stdout")
+                .then(|| Duration::from_millis(a.access_log_flush_ms.max(1))),
         }
     }
 }

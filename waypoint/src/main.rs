@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use lanyard_core::access_log::AccessLog;
 use lanyard_core::secrets::SecretConfig;
 use lanyard_core::state::{MeshState, Settings};
 use lanyard_kube::{ConfigSource, Running, Scope};
@@ -28,11 +29,15 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .enable_all()
-        .build()?
-        .block_on(run(config))
+    let mut runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    runtime.enable_all().build()?.block_on(run(config))
 }
 
 async fn run(config: Arc<Config>) -> anyhow::Result<()> {
@@ -70,7 +75,11 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     secrets.prefetch(&config.identity);
 
     let registry = prometheus::Registry::new();
-    let metrics = Arc::new(Metrics::new(&registry)?);
+    let access_log = match config.access_log_flush {
+        Some(every) => AccessLog::stdout(every),
+        None => AccessLog::off(),
+    };
+    let metrics = Arc::new(Metrics::new(&registry, access_log.clone())?);
     lanyard_waypoint::metrics::register_info(
         &registry,
         &format!("{}/{}", config.waypoint.namespace, config.waypoint.name),
@@ -116,6 +125,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         inputs,
         secrets,
     ));
+    lanyard_core::heap::spawn_trimmer(lanyard_core::heap::TRIM_INTERVAL);
     info!(name = %config.waypoint.name, namespace = %config.waypoint.namespace, identity = %config.identity, "lanyard-waypoint ready");
 
     let mut term = signal(SignalKind::terminate())?;
@@ -124,6 +134,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     info!("shutting down");
+    access_log.close();
     Ok(())
 }
 

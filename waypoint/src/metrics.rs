@@ -1,8 +1,9 @@
 //! Istio's request metrics as a waypoint reports them (`reporter="waypoint"`), on an explicit
 //! registry, and one JSON access-log line per request.
 
+use lanyard_core::access_log::AccessLog;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use tracing::info;
+use serde::Serialize;
 
 /// Istio's request metric labels, in this order.
 pub const LABELS: [&str; 18] = [
@@ -43,6 +44,7 @@ pub struct Metrics {
     pub denied: IntCounterVec,
     /// Endpoints ejected by outlier detection.
     pub ejections: IntCounterVec,
+    access_log: AccessLog,
 }
 
 /// Everything one request's metrics and log line say.
@@ -104,7 +106,7 @@ pub fn register_info(
 // === impl Metrics ===
 
 impl Metrics {
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub fn new(registry: &Registry, access_log: AccessLog) -> Result<Self, prometheus::Error> {
         let requests = IntCounterVec::new(
             Opts::new("istio_requests_total", "Requests handled"),
             &LABELS,
@@ -161,6 +163,7 @@ impl Metrics {
             faults_active,
             denied,
             ejections,
+            access_log,
         })
     }
 
@@ -201,14 +204,56 @@ impl Metrics {
         self.response_bytes
             .with_label_values(&values)
             .observe(r.response_bytes as f64);
-        info!(target: "access",
-            request_id = %r.request_id, method = %r.method, path = %r.path, authority = %r.authority,
-            protocol = r.protocol, response_code = r.code, response_flags = r.flags,
-            grpc_status = %r.grpc_status, duration_ms = r.duration_ms, attempts = r.attempts,
-            upstream = %r.upstream, route = %r.route, policy = %r.policy,
-            src_principal = %r.src_principal, src_workload = %r.src_workload,
-            dst_service = %r.dst_service, dst_workload = %r.dst_workload,
-            request_bytes = r.request_bytes, response_bytes = r.response_bytes,
-            "request");
+        self.access_log.write("request", &AccessEntry::from(r));
+    }
+}
+
+/// One request's access-log line: its fields, borrowed from the record.
+#[derive(Serialize)]
+struct AccessEntry<'a> {
+    request_id: &'a str,
+    method: &'a str,
+    path: &'a str,
+    authority: &'a str,
+    protocol: &'a str,
+    response_code: u16,
+    response_flags: &'a str,
+    grpc_status: &'a str,
+    duration_ms: f64,
+    attempts: u32,
+    upstream: &'a str,
+    route: &'a str,
+    policy: &'a str,
+    src_principal: &'a str,
+    src_workload: &'a str,
+    dst_service: &'a str,
+    dst_workload: &'a str,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl<'a> From<&'a RequestRecord> for AccessEntry<'a> {
+    fn from(r: &'a RequestRecord) -> Self {
+        Self {
+            request_id: &r.request_id,
+            method: &r.method,
+            path: &r.path,
+            authority: &r.authority,
+            protocol: r.protocol,
+            response_code: r.code,
+            response_flags: r.flags,
+            grpc_status: &r.grpc_status,
+            duration_ms: r.duration_ms,
+            attempts: r.attempts,
+            upstream: &r.upstream,
+            route: &r.route,
+            policy: &r.policy,
+            src_principal: &r.src_principal,
+            src_workload: &r.src_workload,
+            dst_service: &r.dst_service,
+            dst_workload: &r.dst_workload,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+        }
     }
 }
