@@ -118,11 +118,28 @@ fn service_traffic_goes_through_the_waypoint_with_istio_metrics() {
     // The backend saw the waypoint's request with the original host and a request id.
     let body: Value = serde_json::from_str(r["lastBody"].as_str().unwrap()).unwrap();
     assert_eq!(body["host"], "10.96.0.20", "{body}");
-    assert!(
-        body["headers"]["x-request-id"]
-            .as_str()
-            .is_some_and(|s| s.len() == 36),
-        "{body}"
+    let id = body["headers"]["x-request-id"].as_str().unwrap_or_default();
+    assert_eq!(id.len(), 36, "{body}");
+    // Its access-log line, written within the flush interval (1 s).
+    let mut line = None;
+    for _ in 0..50 {
+        line = mesh
+            .waypoint_log("demo")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "request" && v["request_id"] == id);
+        if line.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = line.expect("an access-log line for the request");
+    assert_eq!(line["target"], "access", "{line}");
+    assert_eq!(line["response_code"], 200, "{line}");
+    assert_eq!(line["path"], "/hello", "{line}");
+    assert_eq!(
+        line["dst_service"], "backend.demo.svc.cluster.local",
+        "{line}"
     );
 }
 
@@ -797,4 +814,75 @@ spec:
         ("response_code", "200"),
     ];
     assert_eq!(metric(&text, "istio_requests_total", &labels), 5.0);
+}
+
+#[test]
+fn a_destination_rule_connect_timeout_bounds_connecting_to_an_endpoint() {
+    let mut mesh = Mesh::builder("l7ct")
+        .nodes(2)
+        .namespace("demo", true)
+        .namespace("outside", false)
+        .waypoint("demo")
+        .pod(PodSpec::new("client", "demo").node(0))
+        .pod(PodSpec::new("stall", "outside").node(1))
+        .start()
+        .expect("mesh starts");
+    let cmd = mesh.command("stall", &["stall-server", "--port", "8080"]);
+    mesh.start_listening(cmd, "stall-server").unwrap();
+    let outside = mesh.pod("stall").ip;
+    // The endpoint never answers a SYN: only the connect timeout ends an attempt.
+    let config = |timeout: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: stall, namespace: demo}}
+spec:
+  hosts: [stall.example]
+  addresses: [240.0.0.21]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  endpoints: [{{address: {outside}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: stall, namespace: demo}}
+spec:
+  hosts: [stall.example]
+  http:
+  - route: [{{destination: {{host: stall.example}}}}]
+    retries: {{attempts: 0}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: stall, namespace: demo}}
+spec:
+  host: stall.example
+  trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: {timeout}}}}}}}
+"
+        )
+    };
+    let url = "http://240.0.0.21:80/";
+    for (timeout, at_least, below) in [("300ms", 250.0, 1500.0), ("2s", 1950.0, 4000.0)] {
+        apply(&mut mesh, &config(timeout));
+        let r = load(&mesh, &["--url", url, "--count", "1"]);
+        assert_eq!(count(&r, "statuses", "503"), 1, "{timeout}: {r}");
+        let ms = r["maxMs"].as_f64().unwrap();
+        assert!(
+            (at_least..below).contains(&ms),
+            "connectTimeout {timeout}: the request failed after {ms} ms"
+        );
+    }
+    let text = mesh.waypoint_metrics("demo").unwrap();
+    let labels = [
+        ("destination_service", "stall.example"),
+        ("response_code", "503"),
+        ("response_flags", "UF"),
+    ];
+    assert_eq!(
+        metric(&text, "istio_requests_total", &labels),
+        2.0,
+        "{text}"
+    );
 }

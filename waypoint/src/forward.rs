@@ -39,6 +39,8 @@ pub struct Plan {
     /// `maxRequestsPerConnection: 1`: no keep-alive upstream.
     pub close_after: bool,
     pub mirrors: Vec<Mirror>,
+    /// The DestinationRule's `connectTimeout`; None: the waypoint's default.
+    pub connect_timeout: Option<Duration>,
 }
 
 // === impl Plan ===
@@ -157,6 +159,7 @@ impl Plan {
             timeout: route.and_then(|r| r.timeout),
             close_after: policy.pool.max_requests_per_connection == Some(1),
             mirrors: route.map(|r| r.mirrors.clone()).unwrap_or_default(),
+            connect_timeout: policy.pool.connect_timeout,
         }
     }
 }
@@ -368,10 +371,11 @@ pub async fn forward(
         1
     };
     let deadline = plan.timeout.map(|t| Instant::now() + t);
+    let clients = inputs.upstream.clients(plan.connect_timeout);
     let client = if plan.h2 {
-        &inputs.upstream.http2
+        &clients.http2
     } else {
-        &inputs.upstream.http1
+        &clients.http1
     };
     let mut last = None;
     let mut attempt = 0;
@@ -579,10 +583,11 @@ fn mirror(
     } else {
         Version::HTTP_11
     };
+    let clients = inputs.upstream.clients(plan.connect_timeout);
     let client = if plan.h2 {
-        inputs.upstream.http2.clone()
+        clients.http2.clone()
     } else {
-        inputs.upstream.http1.clone()
+        clients.http1.clone()
     };
     tokio::spawn(async move {
         if let Ok(Ok(resp)) =

@@ -81,7 +81,7 @@ pub async fn forward(
     else {
         return debug!("TCP connection: no healthy upstream");
     };
-    let mut outbound = match inputs.upstream.tunnel(addr).await {
+    let mut outbound = match inputs.upstream.tunnel(addr, plan.connect_timeout).await {
         Ok(x) => x,
         Err(e) => return debug!("TCP connection to {addr}: {e}"),
     };

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -54,10 +54,19 @@ pub enum Error {
 }
 
 /// HTTP clients toward endpoints, by the protocol the endpoint port speaks.
-pub struct Upstream {
+pub struct Clients {
     pub http1: Client<Connector, Body>,
     pub http2: Client<Connector, Body>,
-    connector: Connector,
+}
+
+/// The waypoint's clients toward endpoints. Each DestinationRule `connectTimeout` gets its own
+/// clients (and so its own HTTP connection pools, as each Envoy cluster has); they share the
+/// HBONE connections underneath.
+pub struct Upstream {
+    config: Arc<Config>,
+    default: Arc<Clients>,
+    by_connect_timeout: Mutex<HashMap<Duration, Arc<Clients>>>,
+    inner: Arc<ConnectorInner>,
     pool: Arc<HbonePool>,
 }
 
@@ -70,34 +79,65 @@ impl Upstream {
         let pool = Arc::new(HbonePool {
             conns: Mutex::new(HashMap::new()),
         });
-        let connector = Connector {
-            inner: Arc::new(ConnectorInner {
-                config: config.clone(),
-                state,
-                secrets,
-                pool: pool.clone(),
-            }),
-        };
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(config.pool_idle_timeout)
-            .pool_timer(hyper_util::rt::TokioTimer::new());
-        let http1 = b.build(connector.clone());
-        let http2 = b.http2_only(true).build(connector.clone());
+        let inner = Arc::new(ConnectorInner {
+            config: config.clone(),
+            state,
+            secrets,
+            pool: pool.clone(),
+        });
         Upstream {
-            http1,
-            http2,
-            connector,
+            default: Arc::new(Self::build(&config, &inner, config.connect_timeout)),
+            by_connect_timeout: Mutex::new(HashMap::new()),
+            config,
+            inner,
             pool,
         }
     }
 
+    fn build(config: &Config, inner: &Arc<ConnectorInner>, connect_timeout: Duration) -> Clients {
+        let connector = Connector {
+            inner: inner.clone(),
+            connect_timeout,
+        };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(config.pool_idle_timeout)
+            .pool_timer(hyper_util::rt::TokioTimer::new());
+        Clients {
+            http1: b.build(connector.clone()),
+            http2: b.http2_only(true).build(connector),
+        }
+    }
+
+    /// The clients whose new connections must be up within `connect_timeout` (the
+    /// waypoint's default when None).
+    pub fn clients(&self, connect_timeout: Option<Duration>) -> Arc<Clients> {
+        let Some(t) = connect_timeout.filter(|t| *t != self.config.connect_timeout) else {
+            return self.default.clone();
+        };
+        // Bounded by the distinct timeouts that DestinationRules name.
+        let mut map = self
+            .by_connect_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.entry(t)
+            .or_insert_with(|| Arc::new(Self::build(&self.config, &self.inner, t)))
+            .clone()
+    }
+
     /// Opens a byte stream to `addr` (opaque TCP forwarding).
-    pub async fn tunnel(&self, addr: SocketAddr) -> Result<Stream, Error> {
-        self.connector.inner.connect(addr).await
+    pub async fn tunnel(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Option<Duration>,
+    ) -> Result<Stream, Error> {
+        let t = connect_timeout.unwrap_or(self.config.connect_timeout);
+        tokio::time::timeout(t, self.inner.connect(addr))
+            .await
+            .map_err(|_| Error::ConnectTimeout(addr))?
     }
 
     /// Drops HBONE connections that are closed or idle.
-    pub fn sweep(&self, idle: std::time::Duration) {
+    pub fn sweep(&self, idle: Duration) {
         let mut conns = self.pool.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|_, list| {
             list.retain(|(c, used)| {
@@ -113,9 +153,12 @@ struct HbonePool {
     conns: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
 }
 
+/// Dials endpoints for hyper's clients: a whole connection (TCP, and for a mesh pod TLS and
+/// the CONNECT stream) must be up within `connect_timeout`.
 #[derive(Clone)]
 pub struct Connector {
     inner: Arc<ConnectorInner>,
+    connect_timeout: Duration,
 }
 
 struct ConnectorInner {
@@ -173,10 +216,10 @@ impl ConnectorInner {
         Some(c.clone())
     }
 
+    /// Callers bound the time: the connector's or tunnel's connect timeout covers it.
     async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, Error> {
-        let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
+        let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|_| Error::ConnectTimeout(addr))?
             .map_err(|e| Error::Connect(addr, e))?;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
@@ -209,12 +252,15 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let inner = self.inner.clone();
+        let timeout = self.connect_timeout;
         Box::pin(async move {
             let authority: SocketAddr = uri
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| Error::BadUri(uri.clone()))?;
-            let io = inner.connect(authority).await?;
+            let io = tokio::time::timeout(timeout, inner.connect(authority))
+                .await
+                .map_err(|_| Error::ConnectTimeout(authority))??;
             Ok(EndpointIo {
                 io: TokioIo::new(io),
             })

@@ -223,11 +223,26 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
     Ok(f)
 }
 
+/// Points the harness at release binaries: those in `$LANYARD_BENCH_BINS` when set (built
+/// earlier, e.g. to compare two versions while the tree changes), else a fresh release build.
+pub fn use_release_binaries() -> Result<()> {
+    let dir = match std::env::var_os("LANYARD_BENCH_BINS") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            crate::cargo(&["build", "--release", "--workspace", "--bins"])?;
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+        }
+    };
+    if !dir.join("lanyard-agent").exists() {
+        bail!("no lanyard-agent in {}", dir.display());
+    }
+    std::env::set_var("LANYARD_BIN_DIR", &dir);
+    Ok(())
+}
+
 pub fn l4() -> Result<()> {
     ensure_tools()?;
-    crate::cargo(&["build", "--release", "--workspace", "--bins"])?;
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
-    std::env::set_var("LANYARD_BIN_DIR", &target);
+    use_release_binaries()?;
     let mut mesh = Mesh::builder("bench")
         .nodes(2)
         .namespace("bench", false)

@@ -147,9 +147,7 @@ pub fn l7() -> Result<()> {
             bail!("apt-get install nginx-light failed");
         }
     }
-    crate::cargo(&["build", "--release", "--workspace", "--bins"])?;
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
-    std::env::set_var("LANYARD_BIN_DIR", &target);
+    crate::bench::use_release_binaries()?;
     let mut mesh = Mesh::builder("benc7")
         .nodes(2)
         .namespace("bench", false)

@@ -10,7 +10,9 @@
 //! - `chat --addr A --rounds N --interval-ms M`: one long-lived connection, N round trips;
 //! - `send --addr A --text T`: sends T, half-closes, prints what came back;
 //! - `http-server --port P --size N`: keep-alive HTTP/1.1, N-byte responses (benchmarks);
-//! - `hold-server --port P` / `hold --addr A --count N`: N idle connections (benchmarks).
+//! - `hold-server --port P` / `hold --addr A --count N`: N idle connections (benchmarks);
+//! - `stall-server --port P`: a listener whose accept queue is full, so that connection
+//!   attempts hang unanswered (connect timeouts).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -218,6 +220,19 @@ fn main() {
                 let Ok(s) = s else { continue };
                 let response = response.clone();
                 std::thread::spawn(move || serve_http(s, &response));
+            }
+        }
+        Some("stall-server") => {
+            // A backlog of 0 queues one connection; with it queued and never accepted, the
+            // kernel drops every later SYN and the caller's connect waits, unanswered.
+            let port: u16 = arg(&args, "--port").unwrap().parse().unwrap();
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            // SAFETY: re-listening on our own listening socket only changes its backlog.
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 0) };
+            let _queued = TcpStream::connect(("127.0.0.1", port)).expect("filling the queue");
+            println!("listening");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
             }
         }
         Some("hold-server") => {
