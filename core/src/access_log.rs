@@ -76,6 +76,7 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || {
                 let mut batch = Vec::new();
+                let mut dropped_seen = 0;
                 loop {
                     let closed = {
                         let guard = bg.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -94,6 +95,14 @@ impl AccessLog {
                         batch.clear();
                         // Keep a typical batch's capacity, not a burst's.
                         batch.shrink_to(FLUSH_BYTES);
+                    }
+                    let dropped = bg.dropped.load(Ordering::Relaxed);
+                    if dropped > dropped_seen {
+                        tracing::warn!(
+                            "access log: {} lines dropped, stdout is not keeping up",
+                            dropped - dropped_seen
+                        );
+                        dropped_seen = dropped;
                     }
                     if closed {
                         return;

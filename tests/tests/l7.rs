@@ -720,6 +720,28 @@ fn websocket_upgrades_and_tcp_routes_pass_the_waypoint() {
     assert_eq!(r["status"], 101, "{r}");
     assert_eq!(r["echo"], "hello over the waypoint", "{r}");
 
+    // An h2c upgrade offer is dropped (as Envoy does): the request is served as HTTP/1.1 and
+    // the connection stays under routing and policy.
+    let r = load(
+        &mesh,
+        &[
+            "--url",
+            &format!("{URL}/h2c"),
+            "--count",
+            "1",
+            "--header",
+            "connection:Upgrade, HTTP2-Settings",
+            "--header",
+            "upgrade:h2c",
+            "--header",
+            "http2-settings:AAMAAABkAARAAAAAAAIAAAAA",
+        ],
+    );
+    assert_eq!(count(&r, "statuses", "200"), 1, "{r}");
+    let body: Value = serde_json::from_str(r["lastBody"].as_str().unwrap()).unwrap();
+    assert!(body["headers"]["upgrade"].is_null(), "{body}");
+    assert!(body["headers"]["http2-settings"].is_null(), "{body}");
+
     // Port 7070 is opaque TCP: a `tcp` route with weights sends it all to v2.
     apply(
         &mut mesh,

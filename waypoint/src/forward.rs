@@ -217,6 +217,39 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
+/// Drops an `Upgrade: h2c` offer, as Envoy does. Accepted, it would splice the connection
+/// after a 101, and every later request on it would pass unrouted and unauthorized. HTTP/1.1
+/// lets a server ignore an upgrade, so the request simply continues as HTTP/1.1; RFC 9113
+/// has deprecated h2c upgrades, and HTTP/2 with prior knowledge is served.
+fn strip_h2c_upgrade(h: &mut HeaderMap) {
+    let Some(offer) = h.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let protocols: Vec<&str> = offer
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !protocols.iter().any(|p| p.eq_ignore_ascii_case("h2c")) {
+        return;
+    }
+    let rest = protocols
+        .iter()
+        .filter(|p| !p.eq_ignore_ascii_case("h2c"))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    h.remove("http2-settings");
+    match HeaderValue::from_str(&rest) {
+        Ok(v) if !rest.is_empty() => {
+            h.insert(header::UPGRADE, v);
+        }
+        _ => {
+            h.remove(header::UPGRADE);
+        }
+    }
+}
+
 /// Whether a response asks for another attempt under `policy`.
 fn retriable(policy: &RetryPolicy, status: StatusCode, headers: &HeaderMap) -> bool {
     let on = &policy.retry_on;
@@ -293,6 +326,7 @@ pub async fn forward(
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
         )
     })?;
+    strip_h2c_upgrade(req.headers_mut());
     // An HTTP/1.1 upgrade (WebSocket): the upgrade headers go through, and after a 101 the
     // two connections are spliced.
     let upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
@@ -664,5 +698,47 @@ impl Drop for Recorded {
             rec.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
             metrics.record(&rec);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_h2c_upgrade_offer_is_dropped_and_other_upgrades_kept() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ]);
+        strip_h2c_upgrade(&mut h);
+        assert!(h.get("upgrade").is_none());
+        assert!(h.get("http2-settings").is_none());
+
+        let mut h = headers(&[("upgrade", "H2C, websocket")]);
+        strip_h2c_upgrade(&mut h);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+
+        let mut h = headers(&[("upgrade", "websocket"), ("http2-settings", "x")]);
+        strip_h2c_upgrade(&mut h);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(
+            h.get("http2-settings").unwrap(),
+            "x",
+            "untouched without h2c"
+        );
     }
 }
