@@ -32,15 +32,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let mut runtime = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    runtime.enable_all().build()?.block_on(run(config))
+    lanyard_core::runtime::build(config.worker_threads)?.block_on(run(config))
 }
 
 /// Every proxied connection holds descriptors; the default soft limit (1024) is far too low
@@ -113,10 +105,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         tokio::spawn(probes::keep_node_sources(capture.clone(), host, every));
     }
     let registry = prometheus::Registry::new();
-    let access_log = match config.access_log_flush {
-        Some(every) => AccessLog::stdout(every),
-        None => AccessLog::off(),
-    };
+    let access_log = AccessLog::stdout_or_off(config.access_log_flush);
     let metrics = Arc::new(Metrics::new(&registry, access_log.clone())?);
     lanyard_kube::metrics::register(&registry, source_status.clone())?;
     let inputs = Arc::new(ProxyInputs::new(

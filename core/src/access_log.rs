@@ -64,6 +64,11 @@ impl AccessLog {
         Self::to_writer(std::io::stdout(), flush_interval)
     }
 
+    /// As configured: to stdout every `flush_interval`, or off when None.
+    pub fn stdout_or_off(flush_interval: Option<Duration>) -> Self {
+        flush_interval.map_or_else(Self::off, Self::stdout)
+    }
+
     /// Lines go to `out`, in batches written by a background thread.
     pub fn to_writer(mut out: impl Write + Send + 'static, flush_interval: Duration) -> Self {
         let shared = Arc::new(Shared {

@@ -8,7 +8,7 @@
 //! - [`secrets`]: per-identity certificates on a node: fetched, cached, renewed;
 //! - [`hbone`]: HTTP/2 CONNECT tunnels, server and client;
 //! - [`traffic`]: VirtualService and DestinationRule, validated and matched;
-//! - [`heap`]: returning freed heap to the system;
+//! - [`heap`]: returning freed heap to the system; [`runtime`]: the async runtime;
 //! - [`access_log`]: the JSON access-log lines of connections and requests, written in batches.
 //!
 //! Nothing here knows about eBPF, network namespaces or Kubernetes API clients.
@@ -20,6 +20,7 @@ pub mod hbone;
 pub mod heap;
 pub mod identity;
 pub mod policy;
+pub mod runtime;
 pub mod secrets;
 pub mod state;
 pub mod tls;

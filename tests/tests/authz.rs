@@ -124,9 +124,13 @@ fn deny_policy_on_a_port() {
     );
     assert!(reach(&mesh, "client-a", 8080).is_ok());
     assert!(reach(&mesh, "client-a", 9090).is_err());
-    assert!(mesh
-        .agent_log(1)
-        .contains("denied by DENY policy demo/no-9090 rule 0"));
+    // In the refused connection's access-log line, written within the flush interval.
+    wait_for(Duration::from_secs(5), "the access-log line", || {
+        mesh.agent_log(1)
+            .contains("denied by DENY policy demo/no-9090 rule 0")
+            .then_some(())
+    })
+    .unwrap();
 }
 
 #[test]

@@ -29,15 +29,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let mut runtime = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    runtime.enable_all().build()?.block_on(run(config))
+    lanyard_core::runtime::build(config.worker_threads)?.block_on(run(config))
 }
 
 async fn run(config: Arc<Config>) -> anyhow::Result<()> {
@@ -75,10 +67,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     secrets.prefetch(&config.identity);
 
     let registry = prometheus::Registry::new();
-    let access_log = match config.access_log_flush {
-        Some(every) => AccessLog::stdout(every),
-        None => AccessLog::off(),
-    };
+    let access_log = AccessLog::stdout_or_off(config.access_log_flush);
     let metrics = Arc::new(Metrics::new(&registry, access_log.clone())?);
     lanyard_waypoint::metrics::register_info(
         &registry,
