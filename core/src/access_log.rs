@@ -32,6 +32,8 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     dropped: AtomicU64,
+    /// The writer thread, joined by `close`.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -75,6 +77,7 @@ impl AccessLog {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             dropped: AtomicU64::new(0),
+            writer: Mutex::new(None),
         });
         let bg = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -115,9 +118,12 @@ impl AccessLog {
                 }
             });
         match spawned {
-            Ok(_) => Self {
-                shared: Some(shared),
-            },
+            Ok(handle) => {
+                *shared.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+                Self {
+                    shared: Some(shared),
+                }
+            }
             Err(e) => {
                 tracing::error!("access log disabled: cannot start its writer thread: {e}");
                 Self::off()
@@ -171,13 +177,21 @@ impl AccessLog {
             .unwrap_or_else(|e| e.into_inner())
             .closed = true;
         shared.wake.notify_one();
-        // Bounded: the writer needs one write of at most MAX_BUFFERED bytes.
+        let Some(writer) = shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        // The last batch is written once the thread has ended. Waiting is bounded: a stdout
+        // that stays blocked must not hold up shutdown.
         for _ in 0..200 {
-            let p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if p.buf.is_empty() {
+            if writer.is_finished() {
+                let _ = writer.join();
                 return;
             }
-            drop(p);
             std::thread::sleep(Duration::from_millis(10));
         }
     }

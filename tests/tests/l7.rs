@@ -86,6 +86,25 @@ fn apply(mesh: &mut Mesh, yaml: &str) {
     std::thread::sleep(Duration::from_millis(600));
 }
 
+/// A ServiceEntry in demo: `host` at `vip` port 80 (HTTP), one endpoint outside the mesh on
+/// port 8080.
+fn external_entry(name: &str, host: &str, vip: &str, endpoint: Ipv4Addr) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  hosts: [{host}]
+  addresses: [{vip}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  endpoints: [{{address: {endpoint}}}]
+"
+    )
+}
+
 fn load(mesh: &Mesh, args: &[&str]) -> Value {
     mesh.load("client", args).unwrap()
 }
@@ -798,18 +817,7 @@ fn a_service_entry_host_is_routed_by_the_waypoint_to_an_endpoint_outside_the_mes
     apply(
         &mut mesh,
         &format!(
-            "---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: payments, namespace: demo}}
-spec:
-  hosts: [api.payments.example]
-  addresses: [240.0.0.20]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  endpoints: [{{address: {outside}}}]
----
+            "{}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: payments, namespace: demo}}
@@ -819,7 +827,8 @@ spec:
   - match: [{{uri: {{prefix: /v1/}}}}]
     rewrite: {{uri: /internal/}}
     route: [{{destination: {{host: api.payments.example}}}}]
-"
+",
+            external_entry("payments", "api.payments.example", "240.0.0.20", outside)
         ),
     );
     let r = load(
@@ -855,18 +864,7 @@ fn a_destination_rule_connect_timeout_bounds_connecting_to_an_endpoint() {
     // The endpoint never answers a SYN: only the connect timeout ends an attempt.
     let config = |timeout: &str| {
         format!(
-            "---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: stall, namespace: demo}}
-spec:
-  hosts: [stall.example]
-  addresses: [240.0.0.21]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  endpoints: [{{address: {outside}}}]
----
+            "{}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: stall, namespace: demo}}
@@ -882,7 +880,8 @@ metadata: {{name: stall, namespace: demo}}
 spec:
   host: stall.example
   trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: {timeout}}}}}}}
-"
+",
+            external_entry("stall", "stall.example", "240.0.0.21", outside)
         )
     };
     let url = "http://240.0.0.21:80/";
