@@ -103,6 +103,8 @@ async fn handle_stream(
             return record.close(0, 0, e.response_flags(), Some(&e));
         }
     }
+    // Connections can outlive many config updates; each would pin its state.
+    drop(state);
     let tracked = pod.track(id, peer, req.authority);
     // Boxed: connect state is short-lived; only the copy stays inline for the stream's life.
     let mut app = match Box::pin(pod.connect_app(req.authority, src_ip)).await {

@@ -50,6 +50,8 @@ pub(super) async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, pee
         record.close(0, 0, e.response_flags(), Some(&e));
         return socket::reset(client);
     }
+    // Connections can outlive many config updates; each would pin its state.
+    drop(state);
     let tracked = pod.track(id, who, orig);
     let mut app = match Box::pin(pod.connect_app(orig, peer.ip())).await {
         Ok(s) => s,

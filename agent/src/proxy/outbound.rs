@@ -1,10 +1,11 @@
 //! Outbound: a captured connection from the pod, to a mesh workload over HBONE, or through
 //! unchanged when the destination is outside the mesh.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use lanyard_core::hbone::{copy_bidirectional, ConnectRequest, Copied, HBONE_DEFAULT_PORT};
+use lanyard_core::identity::Identity;
 use lanyard_core::state::{EndpointSource, MeshState, Service, Waypoint, Workload};
 use rand::Rng;
 use tokio::net::TcpStream;
@@ -107,64 +108,15 @@ fn resolve(state: &MeshState, orig: SocketAddrV4) -> Result<Target, Error> {
 }
 
 pub(super) async fn handle(pod: Arc<PodCtx>, _id: u64, mut app: TcpStream, peer: SocketAddr) {
-    let inputs = &pod.inputs;
-    let mut info = ConnInfo {
-        reporter: "source",
-        src_addr: peer.to_string(),
-        security: "unknown",
-        ..Default::default()
+    // Deciding where to go is synchronous, so that none of its locals (the mesh state among
+    // them) stay in this task's state for the connection's life.
+    let Some((record, route)) = admit(&pod, peer) else {
+        return socket::reset(app);
     };
-    pod.describe(&mut info, true);
-    info.src_addr = SocketAddr::from((pod.ip, peer.port())).to_string();
-
-    let state = inputs.state.borrow().clone();
-    let orig = match peer {
-        SocketAddr::V4(v4) => inputs.capture.original_destination(pod.netns.cookie(), v4),
-        SocketAddr::V6(_) => None,
-    };
-    let target = orig
-        .ok_or(Error::NoOriginalDestination(peer))
-        .and_then(|orig| resolve(&state, orig));
-    let target = match target {
-        Ok(t) => t,
-        Err(e) => {
-            info.dst_addr = orig.map(|o| o.to_string()).unwrap_or_default();
-            ConnRecord::open(&inputs.metrics, info).close(0, 0, e.response_flags(), Some(&e));
-            socket::reset(app);
-            return;
-        }
-    };
-    info.dst_addr = target.addr.to_string();
-    // Through a waypoint, the peer this connection reaches (and proves its identity) is the
-    // waypoint; the waypoint reports the request's real destination.
-    if let Some(w) = target.waypoint.as_ref().or(target.workload.as_ref()) {
-        info.dst_workload = w.canonical_name().to_string();
-        info.dst_namespace = w.namespace.clone();
-        if target.meshed {
-            info.dst_principal = w.identity(state.trust_domain()).to_string();
-        }
-    }
-    if let Some(s) = &target.service {
-        info.dst_service = s.hostname(state.cluster_domain());
-    }
-    info.security = if target.meshed {
-        "mutual_tls"
-    } else {
-        "unknown"
-    };
-    let record = ConnRecord::open(&inputs.metrics, info);
-
     let mut copied = Copied::default();
-    let result = if target.meshed {
-        // Through a waypoint, the tunnel ends at the waypoint, which must prove its identity.
-        let peer = target
-            .waypoint
-            .as_ref()
-            .or(target.workload.as_ref())
-            .expect("meshed targets are workloads or waypoints");
-        hbone(&pod, &state, &mut app, target.addr, peer, &mut copied).await
-    } else {
-        passthrough(&pod, &mut app, target.addr, &mut copied).await
+    let result = match route {
+        Route::Hbone { addr, peer } => hbone(&pod, &mut app, addr, peer, &mut copied).await,
+        Route::Passthrough(addr) => passthrough(&pod, &mut app, addr, &mut copied).await,
     };
     match result {
         Ok(()) => record.close(copied.tcp_to_tunnel, copied.tunnel_to_tcp, "-", None),
@@ -181,17 +133,93 @@ pub(super) async fn handle(pod: Arc<PodCtx>, _id: u64, mut app: TcpStream, peer:
     }
 }
 
+/// How a resolved connection leaves.
+enum Route {
+    /// A tunnel to `addr` through the peer's agent (or its waypoint), which must prove `id`.
+    Hbone {
+        addr: SocketAddrV4,
+        peer: HbonePeer,
+    },
+    Passthrough(SocketAddrV4),
+}
+
+struct HbonePeer {
+    ip: Option<Ipv4Addr>,
+    name: String,
+    id: Identity,
+}
+
+/// Resolves the original destination and opens the connection's record; `None` when it
+/// cannot go anywhere (the failure is recorded).
+fn admit<'p>(pod: &'p PodCtx, peer: SocketAddr) -> Option<(ConnRecord<'p>, Route)> {
+    let inputs = &pod.inputs;
+    let mut info = ConnInfo {
+        reporter: "source",
+        src_addr: SocketAddr::from((pod.ip, peer.port())).to_string(),
+        security: "unknown",
+        ..Default::default()
+    };
+    pod.describe(&mut info, true);
+
+    let state = inputs.state.borrow().clone();
+    let orig = match peer {
+        SocketAddr::V4(v4) => inputs.capture.original_destination(pod.netns.cookie(), v4),
+        SocketAddr::V6(_) => None,
+    };
+    let target = orig
+        .ok_or(Error::NoOriginalDestination(peer))
+        .and_then(|orig| resolve(&state, orig));
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            info.dst_addr = orig.map(|o| o.to_string()).unwrap_or_default();
+            ConnRecord::open(&inputs.metrics, info).close(0, 0, e.response_flags(), Some(&e));
+            return None;
+        }
+    };
+    info.dst_addr = target.addr.to_string();
+    // Through a waypoint, the peer this connection reaches (and proves its identity) is the
+    // waypoint; the waypoint reports the request's real destination.
+    let peer = target.waypoint.as_ref().or(target.workload.as_ref());
+    if let Some(w) = peer {
+        info.dst_workload = w.canonical_name().to_string();
+        info.dst_namespace = w.namespace.clone();
+        if target.meshed {
+            info.dst_principal = w.identity(state.trust_domain()).to_string();
+        }
+    }
+    if let Some(s) = &target.service {
+        info.dst_service = s.hostname(state.cluster_domain());
+    }
+    info.security = if target.meshed {
+        "mutual_tls"
+    } else {
+        "unknown"
+    };
+    let route = match peer {
+        Some(w) if target.meshed => Route::Hbone {
+            addr: target.addr,
+            peer: HbonePeer {
+                ip: w.ip,
+                name: w.name.clone(),
+                id: w.identity(state.trust_domain()),
+            },
+        },
+        _ => Route::Passthrough(target.addr),
+    };
+    Some((ConnRecord::open(&inputs.metrics, info), route))
+}
+
 async fn hbone(
     pod: &PodCtx,
-    state: &MeshState,
     app: &mut TcpStream,
     addr: SocketAddrV4,
-    peer: &Workload,
+    peer: HbonePeer,
     copied: &mut Copied,
 ) -> Result<(), Error> {
     let inputs = &pod.inputs;
     let peer_ip = peer.ip.ok_or(Error::NoHealthyUpstream {
-        service: peer.name.clone(),
+        service: peer.name,
         port: HBONE_DEFAULT_PORT,
     })?;
     // Setup (certificate, pooled dial, CONNECT) runs boxed: its state is large and short-lived,
@@ -201,7 +229,7 @@ async fn hbone(
         let key = PoolKey {
             src_ip: pod.ip,
             src_id: pod.identity.clone(),
-            dst_id: peer.identity(state.trust_domain()),
+            dst_id: peer.id,
             dst: SocketAddrV4::new(peer_ip, HBONE_DEFAULT_PORT),
         };
         let req = ConnectRequest {

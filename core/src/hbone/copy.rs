@@ -1,7 +1,8 @@
 //! Copying between a TCP connection and an HBONE stream, both ways, with half-close.
 //!
 //! Idle connections hold no buffer: a read buffer is taken only once the socket is readable,
-//! and handed to HTTP/2 without a copy. Backpressure is preserved: HTTP/2 capacity is
+//! handed to HTTP/2 without a copy, and what is left of it is released when the socket has
+//! nothing more to read. Backpressure is preserved: HTTP/2 capacity is
 //! reserved before sending, and received data is released to the peer only once written.
 
 use std::future::poll_fn;
@@ -60,7 +61,12 @@ async fn tcp_to_h2(
         buf.reserve(READ_CHUNK);
         let n = match r.try_read_buf(&mut buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // The unused rest of the last chunk would stay allocated for as long as the
+                // connection idles (a keep-alive connection can idle for hours).
+                buf = BytesMut::new();
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         if n == 0 {
