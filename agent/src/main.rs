@@ -106,7 +106,11 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     }
     let registry = prometheus::Registry::new();
     let access_log = AccessLog::stdout_or_off(config.access_log_flush);
-    let metrics = Arc::new(Metrics::new(&registry, access_log.clone())?);
+    let metrics = Arc::new(Metrics::new(
+        &registry,
+        access_log.clone(),
+        &config.cluster_domain,
+    )?);
     lanyard_kube::metrics::register(&registry, source_status.clone())?;
     let inputs = Arc::new(ProxyInputs::new(
         config.clone(),

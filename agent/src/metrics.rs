@@ -1,8 +1,13 @@
 //! Istio's TCP metrics on an explicit registry, and one access-log line per connection.
 
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use lanyard_core::access_log::AccessLog;
+use lanyard_core::identity::Identity;
+use lanyard_core::state::{Service, Workload};
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::Serialize;
 
@@ -30,6 +35,8 @@ pub struct Metrics {
     /// Connections refused or closed by policy, with the policy that decided.
     pub denied: IntCounterVec,
     access_log: AccessLog,
+    /// Names Kubernetes Services in `destination_service` (`name.namespace.svc.<domain>`).
+    cluster_domain: String,
 }
 
 fn counter(
@@ -46,7 +53,11 @@ fn counter(
 // === impl Metrics ===
 
 impl Metrics {
-    pub fn new(registry: &Registry, access_log: AccessLog) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        registry: &Registry,
+        access_log: AccessLog,
+        cluster_domain: &str,
+    ) -> Result<Self, prometheus::Error> {
         Ok(Self {
             opened: counter(
                 registry,
@@ -85,7 +96,55 @@ impl Metrics {
                 &["destination_workload", "destination_workload_namespace", "policy", "reason"],
             )?,
             access_log,
+            cluster_domain: cluster_domain.to_string(),
         })
+    }
+}
+
+/// An address as the access log shows it: HBONE carries only the client's IP.
+#[derive(Clone, Copy, Debug)]
+pub enum Addr {
+    Ip(IpAddr),
+    Socket(SocketAddr),
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Ip(ip) => ip.fmt(f),
+            Addr::Socket(s) => s.fmt(f),
+        }
+    }
+}
+
+/// One end of a connection. Names are referenced from the mesh state, not copied, and
+/// formatted only when the connection opens and closes: an idle connection holds no strings.
+#[derive(Clone, Debug, Default)]
+pub struct Party {
+    pub addr: Option<Addr>,
+    pub workload: Option<Arc<Workload>>,
+    /// The identity proven (inbound) or required (outbound) over mutual TLS.
+    pub principal: Option<Identity>,
+}
+
+impl Party {
+    fn workload_name(&self) -> &str {
+        self.workload
+            .as_deref()
+            .map_or("", Workload::canonical_name)
+    }
+
+    fn namespace(&self) -> &str {
+        self.workload
+            .as_deref()
+            .map_or("", |w| w.namespace.as_str())
+    }
+
+    fn principal(&self) -> String {
+        self.principal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     }
 }
 
@@ -93,32 +152,45 @@ impl Metrics {
 #[derive(Clone, Debug, Default)]
 pub struct ConnInfo {
     pub reporter: &'static str,
-    pub src_addr: String,
-    pub src_workload: String,
-    pub src_namespace: String,
-    pub src_principal: String,
-    pub dst_addr: String,
-    pub dst_workload: String,
-    pub dst_namespace: String,
-    pub dst_principal: String,
-    pub dst_service: String,
+    pub src: Party,
+    pub dst: Party,
+    pub dst_service: Option<Arc<Service>>,
     pub security: &'static str,
     /// The policy (and rule) that decided, when one did.
     pub policy: Option<String>,
 }
 
+/// Label values that are formatted rather than referenced.
+struct Formatted {
+    src_principal: String,
+    dst_principal: String,
+    dst_service: String,
+}
+
 impl ConnInfo {
-    fn labels<'a>(&'a self, flags: &'a str) -> [&'a str; 10] {
-        let or_unknown = |s: &'a String| if s.is_empty() { "unknown" } else { s.as_str() };
+    fn formatted(&self, cluster_domain: &str) -> Formatted {
+        Formatted {
+            src_principal: self.src.principal(),
+            dst_principal: self.dst.principal(),
+            dst_service: self
+                .dst_service
+                .as_ref()
+                .map(|s| s.hostname(cluster_domain))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn labels<'a>(&'a self, f: &'a Formatted, flags: &'a str) -> [&'a str; 10] {
+        let or_unknown = |s: &'a str| if s.is_empty() { "unknown" } else { s };
         [
             self.reporter,
-            or_unknown(&self.src_workload),
-            or_unknown(&self.src_namespace),
-            or_unknown(&self.src_principal),
-            or_unknown(&self.dst_workload),
-            or_unknown(&self.dst_namespace),
-            or_unknown(&self.dst_principal),
-            or_unknown(&self.dst_service),
+            or_unknown(self.src.workload_name()),
+            or_unknown(self.src.namespace()),
+            or_unknown(&f.src_principal),
+            or_unknown(self.dst.workload_name()),
+            or_unknown(self.dst.namespace()),
+            or_unknown(&f.dst_principal),
+            or_unknown(&f.dst_service),
             self.security,
             flags,
         ]
@@ -135,21 +207,20 @@ pub struct ConnRecord<'m> {
 impl<'m> ConnRecord<'m> {
     /// Counts a policy denial of this connection (`reason`: authorization, strict_mtls).
     pub fn denied(&mut self, policy: &str, rule: Option<String>, reason: &str) {
-        let i = &self.info;
+        let dst = &self.info.dst;
         self.metrics
             .denied
-            .with_label_values(&[
-                i.dst_workload.as_str(),
-                i.dst_namespace.as_str(),
-                policy,
-                reason,
-            ])
+            .with_label_values(&[dst.workload_name(), dst.namespace(), policy, reason])
             .inc();
         self.info.policy = Some(rule.unwrap_or_else(|| policy.to_string()));
     }
 
     pub fn open(metrics: &'m Metrics, info: ConnInfo) -> Self {
-        metrics.opened.with_label_values(&info.labels("-")).inc();
+        let f = info.formatted(&metrics.cluster_domain);
+        metrics
+            .opened
+            .with_label_values(&info.labels(&f, "-"))
+            .inc();
         Self {
             metrics,
             info,
@@ -165,24 +236,27 @@ impl<'m> ConnRecord<'m> {
         flags: &str,
         error: Option<&dyn std::fmt::Display>,
     ) {
-        let labels = self.info.labels(flags);
+        let i = &self.info;
+        let f = i.formatted(&self.metrics.cluster_domain);
+        let labels = i.labels(&f, flags);
         let m = self.metrics;
         m.closed.with_label_values(&labels).inc();
         m.received.with_label_values(&labels).inc_by(from_client);
         m.sent.with_label_values(&labels).inc_by(to_client);
-        let i = &self.info;
+        let addr = |p: &Party| p.addr.map(|a| a.to_string()).unwrap_or_default();
+        let (src_addr, dst_addr) = (addr(&i.src), addr(&i.dst));
         let error = error.map(|e| e.to_string());
         let entry = AccessEntry {
             direction: i.reporter,
-            src_addr: &i.src_addr,
-            src_workload: &i.src_workload,
-            src_namespace: &i.src_namespace,
-            src_identity: &i.src_principal,
-            dst_addr: &i.dst_addr,
-            dst_workload: &i.dst_workload,
-            dst_namespace: &i.dst_namespace,
-            dst_identity: &i.dst_principal,
-            dst_service: &i.dst_service,
+            src_addr: &src_addr,
+            src_workload: i.src.workload_name(),
+            src_namespace: i.src.namespace(),
+            src_identity: &f.src_principal,
+            dst_addr: &dst_addr,
+            dst_workload: i.dst.workload_name(),
+            dst_namespace: i.dst.namespace(),
+            dst_identity: &f.dst_principal,
+            dst_service: &f.dst_service,
             security: i.security,
             bytes_from_client: from_client,
             bytes_to_client: to_client,
@@ -226,4 +300,115 @@ struct AccessEntry<'a> {
     authz_policy: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use lanyard_core::state::EndpointSource;
+    use prometheus::Encoder;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn workload(name: &str, ns: &str, app: &str) -> Arc<Workload> {
+        Arc::new(Workload {
+            uid: format!("uid-{name}"),
+            name: name.into(),
+            namespace: ns.into(),
+            service_account: "default".into(),
+            node: None,
+            ip: None,
+            labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+            named_ports: BTreeMap::new(),
+            ready: true,
+            host_network: false,
+            external: false,
+        })
+    }
+
+    /// Names are referenced while the connection lives and formatted when it opens and
+    /// closes: the labels and the log line must read as Istio's and ztunnel's do.
+    #[test]
+    fn a_record_labels_metrics_and_logs_both_parties() {
+        let registry = Registry::new();
+        let sink = Sink::default();
+        let log = AccessLog::to_writer(sink.clone(), Duration::from_secs(3600));
+        let metrics = Metrics::new(&registry, log.clone(), "cluster.local").unwrap();
+        let info = ConnInfo {
+            reporter: "source",
+            src: Party {
+                addr: Some(Addr::Socket("10.0.0.1:40000".parse().unwrap())),
+                workload: Some(workload("client-7f9", "demo", "client")),
+                principal: Some(Identity::new("cluster.local", "demo", "client")),
+            },
+            dst: Party {
+                addr: Some(Addr::Ip("10.0.1.5".parse().unwrap())),
+                workload: Some(workload("web-1", "shop", "web")),
+                principal: None,
+            },
+            dst_service: Some(Arc::new(Service {
+                name: "web".into(),
+                namespace: "shop".into(),
+                host: None,
+                vips: vec![],
+                ports: vec![],
+                endpoints: EndpointSource::Selector(BTreeMap::new()),
+                labels: BTreeMap::new(),
+            })),
+            security: "mutual_tls",
+            policy: None,
+        };
+        ConnRecord::open(&metrics, info).close(10, 20, "-", None);
+        log.close();
+
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let sent = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
+            .expect("sent bytes counted");
+        for label in [
+            r#"source_workload="client""#,
+            r#"source_workload_namespace="demo""#,
+            r#"source_principal="spiffe://cluster.local/ns/demo/sa/client""#,
+            r#"destination_workload="web""#,
+            r#"destination_principal="unknown""#,
+            r#"destination_service="web.shop.svc.cluster.local""#,
+        ] {
+            assert!(sent.contains(label), "{label} missing from {sent}");
+        }
+        assert!(sent.ends_with(" 20"), "{sent}");
+
+        let line = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["src.addr"], "10.0.0.1:40000");
+        assert_eq!(v["dst.addr"], "10.0.1.5");
+        assert_eq!(
+            v["src.identity"],
+            "spiffe://cluster.local/ns/demo/sa/client"
+        );
+        assert_eq!(v["dst.identity"], "");
+        assert_eq!(v["dst.service"], "web.shop.svc.cluster.local");
+        assert_eq!(v["bytes_from_client"], 10);
+    }
 }

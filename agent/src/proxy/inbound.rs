@@ -8,12 +8,12 @@ use lanyard_core::hbone::{self, copy_bidirectional, Copied, InboundRequest};
 use lanyard_core::identity::Identity;
 use lanyard_core::tls;
 use tokio::net::TcpStream;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, debug_span, Instrument};
 
 use lanyard_core::policy::authz::Reason;
 
 use super::{Error, Peer, PodCtx};
-use crate::metrics::{ConnInfo, ConnRecord};
+use crate::metrics::{Addr, ConnInfo, ConnRecord, Party};
 use crate::socket;
 
 pub(super) async fn serve_connection(pod: Arc<PodCtx>, _id: u64, tcp: TcpStream, peer: SocketAddr) {
@@ -46,7 +46,8 @@ pub(super) async fn serve_connection(pod: Arc<PodCtx>, _id: u64, tcp: TcpStream,
     let settings = inputs.config.hbone;
     let result = hbone::serve(tls, settings, |req| {
         let id = pod.inputs.next_id();
-        let span = info_span!("tunnel", id, authority = %req.authority);
+        // Debug level, as the connection's span (see `accept_loop`).
+        let span = debug_span!("tunnel", id, authority = %req.authority);
         handle_stream(pod.clone(), id, src_ip, peer_id.clone(), req).instrument(span)
     })
     .await;
@@ -64,21 +65,21 @@ async fn handle_stream(
 ) {
     let inputs = &pod.inputs;
     let state = inputs.state.borrow().clone();
-    let mut info = ConnInfo {
+    let src_workload = match src_ip {
+        IpAddr::V4(v4) => state.workload_by_ip(v4).cloned(),
+        IpAddr::V6(_) => None,
+    };
+    let info = ConnInfo {
         reporter: "destination",
-        src_addr: src_ip.to_string(),
-        dst_addr: req.authority.to_string(),
-        src_principal: peer_id.to_string(),
+        src: Party {
+            addr: Some(Addr::Ip(src_ip)),
+            workload: src_workload,
+            principal: Some(peer_id.clone()),
+        },
+        dst: pod.party(Addr::Socket(req.authority)),
         security: "mutual_tls",
         ..Default::default()
     };
-    if let IpAddr::V4(v4) = src_ip {
-        if let Some(w) = state.workload_by_ip(v4) {
-            info.src_workload = w.canonical_name().to_string();
-            info.src_namespace = w.namespace.clone();
-        }
-    }
-    pod.describe(&mut info, false);
     let mut record = ConnRecord::open(&inputs.metrics, info);
 
     if req.authority.ip() != IpAddr::V4(pod.ip) {

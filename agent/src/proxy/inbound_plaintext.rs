@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::{Error, Peer, PodCtx};
 use crate::capture::maps::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-use crate::metrics::{ConnInfo, ConnRecord};
+use crate::metrics::{Addr, ConnInfo, ConnRecord, Party};
 use crate::socket;
 
 pub(super) async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, peer: SocketAddr) {
@@ -19,20 +19,21 @@ pub(super) async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, pee
         return;
     };
     let state = inputs.state.borrow().clone();
-    let mut info = ConnInfo {
+    let src_workload = match peer.ip() {
+        IpAddr::V4(v4) => state.workload_by_ip(v4).cloned(),
+        IpAddr::V6(_) => None,
+    };
+    let info = ConnInfo {
         reporter: "destination",
-        src_addr: peer.to_string(),
-        dst_addr: orig.to_string(),
+        src: Party {
+            addr: Some(Addr::Socket(peer)),
+            workload: src_workload,
+            principal: None,
+        },
+        dst: pod.party(Addr::Socket(orig)),
         security: "none",
         ..Default::default()
     };
-    if let IpAddr::V4(v4) = peer.ip() {
-        if let Some(w) = state.workload_by_ip(v4) {
-            info.src_workload = w.canonical_name().to_string();
-            info.src_namespace = w.namespace.clone();
-        }
-    }
-    pod.describe(&mut info, false);
     let mut record = ConnRecord::open(&inputs.metrics, info);
 
     if [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT].contains(&orig.port()) {

@@ -35,7 +35,7 @@ use crate::capture::maps::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::capture::netns::Netns;
 use crate::capture::{self, Capture};
 use crate::config::Config;
-use crate::metrics::{ConnInfo, Metrics};
+use crate::metrics::{Addr, Metrics, Party};
 use crate::socket;
 
 /// What every pod proxy shares.
@@ -242,19 +242,12 @@ impl PodCtx {
         .map_err(|e| Error::Connect(SocketAddr::V4(dst), Box::new(e)))
     }
 
-    /// Metric and log fields for this pod as one side of a connection.
-    fn describe(&self, info: &mut ConnInfo, as_source: bool) {
-        let (workload, namespace, principal) = (
-            self.workload.canonical_name().to_string(),
-            self.workload.namespace.clone(),
-            self.identity.to_string(),
-        );
-        if as_source {
-            (info.src_workload, info.src_namespace, info.src_principal) =
-                (workload, namespace, principal);
-        } else {
-            (info.dst_workload, info.dst_namespace, info.dst_principal) =
-                (workload, namespace, principal);
+    /// This pod as one end of a connection, at `addr`.
+    fn party(&self, addr: Addr) -> Party {
+        Party {
+            addr: Some(addr),
+            workload: Some(self.workload.clone()),
+            principal: Some(self.identity.clone()),
         }
     }
 }
@@ -369,8 +362,11 @@ async fn accept_loop<F, Fut>(
             }
         };
         let id = pod.inputs.next_id();
+        // Debug level: at the default level nothing inside a connection logs (its access-log
+        // line carries its own fields), and an enabled span costs every idle connection a
+        // few hundred bytes in the subscriber's registry.
         let span =
-            tracing::info_span!("conn", direction, id, pod = %pod.workload.name, peer = %peer);
+            tracing::debug_span!("conn", direction, id, pod = %pod.workload.name, peer = %peer);
         tokio::spawn(tracing::Instrument::instrument(
             handle(pod.clone(), id, stream, peer),
             span,

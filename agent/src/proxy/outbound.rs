@@ -14,7 +14,7 @@ use tracing::debug;
 use super::pool::PoolKey;
 use super::{Error, PodCtx};
 use crate::capture::maps::MARK_AGENT;
-use crate::metrics::{ConnInfo, ConnRecord};
+use crate::metrics::{Addr, ConnInfo, ConnRecord, Party};
 use crate::socket;
 
 /// Where a connection goes once resolved.
@@ -144,8 +144,7 @@ enum Route {
 }
 
 struct HbonePeer {
-    ip: Option<Ipv4Addr>,
-    name: String,
+    ip: Ipv4Addr,
     id: Identity,
 }
 
@@ -153,15 +152,13 @@ struct HbonePeer {
 /// cannot go anywhere (the failure is recorded).
 fn admit<'p>(pod: &'p PodCtx, peer: SocketAddr) -> Option<(ConnRecord<'p>, Route)> {
     let inputs = &pod.inputs;
+    let state = inputs.state.borrow().clone();
     let mut info = ConnInfo {
         reporter: "source",
-        src_addr: SocketAddr::from((pod.ip, peer.port())).to_string(),
+        src: pod.party(Addr::Socket(SocketAddr::from((pod.ip, peer.port())))),
         security: "unknown",
         ..Default::default()
     };
-    pod.describe(&mut info, true);
-
-    let state = inputs.state.borrow().clone();
     let orig = match peer {
         SocketAddr::V4(v4) => inputs.capture.original_destination(pod.netns.cookie(), v4),
         SocketAddr::V6(_) => None,
@@ -172,42 +169,49 @@ fn admit<'p>(pod: &'p PodCtx, peer: SocketAddr) -> Option<(ConnRecord<'p>, Route
     let target = match target {
         Ok(t) => t,
         Err(e) => {
-            info.dst_addr = orig.map(|o| o.to_string()).unwrap_or_default();
+            info.dst.addr = orig.map(|o| Addr::Socket(o.into()));
             ConnRecord::open(&inputs.metrics, info).close(0, 0, e.response_flags(), Some(&e));
             return None;
         }
     };
-    info.dst_addr = target.addr.to_string();
     // Through a waypoint, the peer this connection reaches (and proves its identity) is the
     // waypoint; the waypoint reports the request's real destination.
     let peer = target.waypoint.as_ref().or(target.workload.as_ref());
-    if let Some(w) = peer {
-        info.dst_workload = w.canonical_name().to_string();
-        info.dst_namespace = w.namespace.clone();
-        if target.meshed {
-            info.dst_principal = w.identity(state.trust_domain()).to_string();
-        }
-    }
-    if let Some(s) = &target.service {
-        info.dst_service = s.hostname(state.cluster_domain());
-    }
+    info.dst = Party {
+        addr: Some(Addr::Socket(target.addr.into())),
+        workload: peer.cloned(),
+        principal: peer
+            .filter(|_| target.meshed)
+            .map(|w| w.identity(state.trust_domain())),
+    };
+    info.dst_service = target.service.clone();
     info.security = if target.meshed {
         "mutual_tls"
     } else {
         "unknown"
     };
+    let record = ConnRecord::open(&inputs.metrics, info);
     let route = match peer {
-        Some(w) if target.meshed => Route::Hbone {
-            addr: target.addr,
-            peer: HbonePeer {
-                ip: w.ip,
-                name: w.name.clone(),
-                id: w.identity(state.trust_domain()),
+        Some(w) if target.meshed => match w.ip {
+            Some(ip) => Route::Hbone {
+                addr: target.addr,
+                peer: HbonePeer {
+                    ip,
+                    id: w.identity(state.trust_domain()),
+                },
             },
+            None => {
+                let e = Error::NoHealthyUpstream {
+                    service: w.name.clone(),
+                    port: HBONE_DEFAULT_PORT,
+                };
+                record.close(0, 0, e.response_flags(), Some(&e));
+                return None;
+            }
         },
         _ => Route::Passthrough(target.addr),
     };
-    Some((ConnRecord::open(&inputs.metrics, info), route))
+    Some((record, route))
 }
 
 async fn hbone(
@@ -218,10 +222,6 @@ async fn hbone(
     copied: &mut Copied,
 ) -> Result<(), Error> {
     let inputs = &pod.inputs;
-    let peer_ip = peer.ip.ok_or(Error::NoHealthyUpstream {
-        service: peer.name,
-        port: HBONE_DEFAULT_PORT,
-    })?;
     // Setup (certificate, pooled dial, CONNECT) runs boxed: its state is large and short-lived,
     // and would otherwise stay inline in every connection's task for its whole life.
     let setup = async {
@@ -230,7 +230,7 @@ async fn hbone(
             src_ip: pod.ip,
             src_id: pod.identity.clone(),
             dst_id: peer.id,
-            dst: SocketAddrV4::new(peer_ip, HBONE_DEFAULT_PORT),
+            dst: SocketAddrV4::new(peer.ip, HBONE_DEFAULT_PORT),
         };
         let req = ConnectRequest {
             authority: SocketAddr::V4(addr),

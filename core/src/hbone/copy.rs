@@ -1,16 +1,20 @@
 //! Copying between a TCP connection and an HBONE stream, both ways, with half-close.
 //!
-//! Idle connections hold no buffer: a read buffer is taken only once the socket is readable,
-//! handed to HTTP/2 without a copy, and what is left of it is released when the socket has
-//! nothing more to read. Backpressure is preserved: HTTP/2 capacity is
-//! reserved before sending, and received data is released to the peer only once written.
+//! This runs for the whole life of every proxied connection, so its state is kept small: one
+//! hand-written poll loop instead of two composed futures, and no buffer while idle. A read
+//! buffer is taken only once the socket is readable, handed to HTTP/2 without a copy, and
+//! what is left of it is released when the socket has nothing more to read. Backpressure is
+//! preserved: HTTP/2 capacity is reserved before sending, and received data is released to
+//! the peer only once written.
 
 use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::Error;
@@ -40,66 +44,115 @@ pub async fn copy_bidirectional(
     copied: &mut Copied,
 ) -> Result<(), Error> {
     let H2Stream { mut send, mut recv } = stream;
-    let (r, w) = tcp.split();
     // Counters are updated as bytes move so that a failed tunnel still reports what it did.
-    let (up, down) = (&mut copied.tcp_to_tunnel, &mut copied.tunnel_to_tcp);
-    let result = tokio::try_join!(tcp_to_h2(r, &mut send, up), h2_to_tcp(&mut recv, w, down));
+    let mut up = Up::default();
+    let mut down = Down::default();
+    let result = poll_fn(|cx| {
+        let up_done = up.poll(cx, tcp, &mut send, &mut copied.tcp_to_tunnel)?;
+        let down_done = down.poll(cx, tcp, &mut recv, &mut copied.tunnel_to_tcp)?;
+        if up_done.is_ready() && down_done.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
     if result.is_err() {
         send.send_reset(h2::Reason::CANCEL);
     }
-    result.map(|_| ())
+    result
 }
 
-async fn tcp_to_h2(
-    r: ReadHalf<'_>,
-    send: &mut SendStream<Bytes>,
-    total: &mut u64,
-) -> Result<(), Error> {
-    let mut buf = BytesMut::new();
-    loop {
-        r.readable().await?;
-        buf.reserve(READ_CHUNK);
-        let n = match r.try_read_buf(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // The unused rest of the last chunk would stay allocated for as long as the
-                // connection idles (a keep-alive connection can idle for hours).
-                buf = BytesMut::new();
+/// TCP to HTTP/2: read a chunk, then send it as capacity allows.
+#[derive(Default)]
+struct Up {
+    buf: BytesMut,
+    /// Read but not yet given to HTTP/2.
+    pending: Bytes,
+    done: bool,
+}
+
+impl Up {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        tcp: &TcpStream,
+        send: &mut SendStream<Bytes>,
+        total: &mut u64,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if !self.pending.is_empty() {
+                send.reserve_capacity(self.pending.len());
+                let cap = match ready!(send.poll_capacity(cx)) {
+                    Some(cap) => cap?,
+                    None => return Poll::Ready(Err(Error::StreamClosed)),
+                };
+                let n = cap.min(self.pending.len());
+                if n > 0 {
+                    send.send_data(self.pending.split_to(n), false)?;
+                }
                 continue;
             }
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            send.send_data(Bytes::new(), true)?;
-            return Ok(());
-        }
-        *total += n as u64;
-        let mut data = buf.split().freeze();
-        while !data.is_empty() {
-            send.reserve_capacity(data.len());
-            let cap = poll_fn(|cx| send.poll_capacity(cx))
-                .await
-                .ok_or(Error::StreamClosed)??;
-            if cap == 0 {
-                continue;
+            ready!(tcp.poll_read_ready(cx))?;
+            self.buf.reserve(READ_CHUNK);
+            match tcp.try_read_buf(&mut self.buf) {
+                Ok(0) => {
+                    send.send_data(Bytes::new(), true)?;
+                    self.done = true;
+                }
+                Ok(n) => {
+                    *total += n as u64;
+                    self.pending = self.buf.split().freeze();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The unused rest of the last chunk would stay allocated for as long as
+                    // the connection idles (a keep-alive connection can idle for hours).
+                    self.buf = BytesMut::new();
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
-            send.send_data(data.split_to(cap.min(data.len())), false)?;
         }
     }
 }
 
-async fn h2_to_tcp(
-    recv: &mut RecvStream,
-    mut w: WriteHalf<'_>,
-    total: &mut u64,
-) -> Result<(), Error> {
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk?;
-        let n = chunk.len();
-        w.write_all(&chunk).await?;
-        *total += n as u64;
-        recv.flow_control().release_capacity(n)?;
+/// HTTP/2 to TCP: write each received chunk, releasing flow control as it is written.
+#[derive(Default)]
+struct Down {
+    chunk: Bytes,
+    done: bool,
+}
+
+impl Down {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        tcp: &mut TcpStream,
+        recv: &mut RecvStream,
+        total: &mut u64,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            while !self.chunk.is_empty() {
+                let n = ready!(Pin::new(&mut *tcp).poll_write(cx, &self.chunk))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                self.chunk.advance(n);
+                *total += n as u64;
+                recv.flow_control().release_capacity(n)?;
+            }
+            match ready!(recv.poll_data(cx)) {
+                Some(chunk) => self.chunk = chunk?,
+                None => {
+                    ready!(Pin::new(&mut *tcp).poll_shutdown(cx))?;
+                    self.done = true;
+                }
+            }
+        }
     }
-    w.shutdown().await?;
-    Ok(())
 }
