@@ -25,6 +25,9 @@ struct Figures {
     cores_at_1000rps: Option<f64>,
     new_conns_per_s: f64,
     rss_idle_mib: Option<f64>,
+    /// The largest idle agent's RSS split: anonymous memory, and mapped files (the binary's
+    /// code and the shared libraries it has touched).
+    rss_idle_split_mib: Option<(f64, f64)>,
     rss_per_conn_kib: Option<f64>,
 }
 
@@ -70,15 +73,20 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 pub fn rss_kib(pid: u32) -> Result<f64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `RssAnon:`, `RssFile:`).
+fn status_kib(pid: u32, field: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
     Ok(line
         .split_whitespace()
         .nth(1)
-        .context("VmRSS value")?
+        .with_context(|| format!("{field} value"))?
         .parse()?)
 }
 
@@ -185,6 +193,12 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
             .collect();
         let idle: Vec<f64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
         f.rss_idle_mib = Some(idle.iter().cloned().fold(0.0, f64::max) / 1024.0);
+        if let Some((_, pid)) = idle.iter().zip(&pids).max_by(|a, b| a.0.total_cmp(b.0)) {
+            f.rss_idle_split_mib = Some((
+                status_kib(*pid, "RssAnon:")? / 1024.0,
+                (status_kib(*pid, "RssFile:")? + status_kib(*pid, "RssShmem:")?) / 1024.0,
+            ));
+        }
         let mut hold = mesh
             .command(
                 "client",
@@ -313,8 +327,12 @@ fn render(d: &Figures, m: &Figures) -> String {
         "| CPU of both agents @1000 rps | – | {} | – | ≤ 0.08 cores |\n",
         opt(m.cores_at_1000rps, "cores")
     );
+    let split = m
+        .rss_idle_split_mib
+        .map(|(anon, file)| format!(" (anon {anon:.1}, files {file:.1})"))
+        .unwrap_or_default();
     t += &format!(
-        "| agent RSS idle (largest agent) | – | {} | – | ≤ 10 MiB |\n",
+        "| agent RSS idle (largest agent) | – | {}{split} | – | ≤ 10 MiB |\n",
         opt(m.rss_idle_mib, "MiB")
     );
     t += &format!(
