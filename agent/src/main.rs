@@ -21,6 +21,7 @@ use tracing::info;
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 fn main() -> anyhow::Result<()> {
+    lanyard_core::heap::configure();
     let config = Arc::new(Config::from(Args::parse()));
     raise_fd_limit();
     tracing_subscriber::fmt()

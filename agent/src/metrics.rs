@@ -198,13 +198,13 @@ impl ConnInfo {
 }
 
 /// Open from the moment a connection is accepted; records close, bytes and the log line.
-pub struct ConnRecord<'m> {
-    metrics: &'m Metrics,
+pub struct ConnRecord {
+    metrics: Arc<Metrics>,
     pub info: ConnInfo,
     start: Instant,
 }
 
-impl<'m> ConnRecord<'m> {
+impl ConnRecord {
     /// Counts a policy denial of this connection (`reason`: authorization, strict_mtls).
     pub fn denied(&mut self, policy: &str, rule: Option<String>, reason: &str) {
         let dst = &self.info.dst;
@@ -215,14 +215,14 @@ impl<'m> ConnRecord<'m> {
         self.info.policy = Some(rule.unwrap_or_else(|| policy.to_string()));
     }
 
-    pub fn open(metrics: &'m Metrics, info: ConnInfo) -> Self {
+    pub fn open(metrics: &Arc<Metrics>, info: ConnInfo) -> Self {
         let f = info.formatted(&metrics.cluster_domain);
         metrics
             .opened
             .with_label_values(&info.labels(&f, "-"))
             .inc();
         Self {
-            metrics,
+            metrics: metrics.clone(),
             info,
             start: Instant::now(),
         }
@@ -239,7 +239,7 @@ impl<'m> ConnRecord<'m> {
         let i = &self.info;
         let f = i.formatted(&self.metrics.cluster_domain);
         let labels = i.labels(&f, flags);
-        let m = self.metrics;
+        let m = &self.metrics;
         m.closed.with_label_values(&labels).inc();
         m.received.with_label_values(&labels).inc_by(from_client);
         m.sent.with_label_values(&labels).inc_by(to_client);
@@ -350,7 +350,7 @@ mod tests {
         let registry = Registry::new();
         let sink = Sink::default();
         let log = AccessLog::to_writer(sink.clone(), Duration::from_secs(3600));
-        let metrics = Metrics::new(&registry, log.clone(), "cluster.local").unwrap();
+        let metrics = Arc::new(Metrics::new(&registry, log.clone(), "cluster.local").unwrap());
         let info = ConnInfo {
             reporter: "source",
             src: Party {

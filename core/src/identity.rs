@@ -12,52 +12,58 @@ pub enum Error {
     BadPath(String),
 }
 
-/// A workload identity. Cheap to clone: identities are map keys on the data path.
+/// A workload identity. Cheap to clone and one pointer wide: identities are map keys on the
+/// data path, and every connection's record holds its peers'.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity {
-    trust_domain: Arc<str>,
-    namespace: Arc<str>,
-    service_account: Arc<str>,
+pub struct Identity(Arc<Parts>);
+
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
+    trust_domain: Box<str>,
+    namespace: Box<str>,
+    service_account: Box<str>,
 }
 
 // === impl Identity ===
 
 impl Identity {
     pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
-        Self {
+        Self(Arc::new(Parts {
             trust_domain: trust_domain.into(),
             namespace: namespace.into(),
             service_account: service_account.into(),
-        }
+        }))
     }
 
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.0.trust_domain
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.0.service_account
     }
 
     /// The URI form without `spiffe://`, as AuthorizationPolicy `principals` write it.
     pub fn principal(&self) -> String {
+        let p = &self.0;
         format!(
             "{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
+            p.trust_domain, p.namespace, p.service_account
         )
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.0;
         write!(
             f,
             "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
+            p.trust_domain, p.namespace, p.service_account
         )
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 fn main() -> anyhow::Result<()> {
+    lanyard_core::heap::configure();
     let config = Arc::new(Config::from(Args::parse()));
     tracing_subscriber::fmt()
         .json()

@@ -148,13 +148,13 @@ struct LiveConn {
 }
 
 /// Keeps a connection registered for re-checks while alive.
-pub struct Tracked<'a> {
-    pod: &'a PodCtx,
+pub struct Tracked {
+    pub pod: Arc<PodCtx>,
     id: u64,
     pub cancel: CancellationToken,
 }
 
-impl Drop for Tracked<'_> {
+impl Drop for Tracked {
     fn drop(&mut self) {
         self.pod
             .live
@@ -191,7 +191,7 @@ impl PodCtx {
 
 impl PodCtx {
     /// Registers an inbound connection for re-checks on policy updates.
-    pub fn track(&self, id: u64, peer: Peer, dst: SocketAddr) -> Tracked<'_> {
+    pub fn track(self: &Arc<Self>, id: u64, peer: Peer, dst: SocketAddr) -> Tracked {
         let cancel = CancellationToken::new();
         let conn = LiveConn {
             peer,
@@ -203,7 +203,7 @@ impl PodCtx {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, conn);
         Tracked {
-            pod: self,
+            pod: self.clone(),
             id,
             cancel,
         }

@@ -150,7 +150,7 @@ struct HbonePeer {
 
 /// Resolves the original destination and opens the connection's record; `None` when it
 /// cannot go anywhere (the failure is recorded).
-fn admit<'p>(pod: &'p PodCtx, peer: SocketAddr) -> Option<(ConnRecord<'p>, Route)> {
+fn admit(pod: &PodCtx, peer: SocketAddr) -> Option<(ConnRecord, Route)> {
     let inputs = &pod.inputs;
     let state = inputs.state.borrow().clone();
     let mut info = ConnInfo {
