@@ -19,7 +19,6 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 fn main() -> anyhow::Result<()> {
-    lanyard_core::heap::configure();
     let config = Arc::new(Config::from(Args::parse()));
     tracing_subscriber::fmt()
         .json()
