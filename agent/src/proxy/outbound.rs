@@ -177,12 +177,13 @@ fn admit(pod: &PodCtx, peer: SocketAddr) -> Option<(ConnRecord, Route)> {
     // Through a waypoint, the peer this connection reaches (and proves its identity) is the
     // waypoint; the waypoint reports the request's real destination.
     let peer = target.waypoint.as_ref().or(target.workload.as_ref());
+    let peer_id = peer
+        .filter(|_| target.meshed)
+        .map(|w| w.identity(state.trust_domain()));
     info.dst = Party {
         addr: Some(Addr::Socket(target.addr.into())),
         workload: peer.cloned(),
-        principal: peer
-            .filter(|_| target.meshed)
-            .map(|w| w.identity(state.trust_domain())),
+        principal: peer_id.clone(),
     };
     info.dst_service = target.service.clone();
     info.security = if target.meshed {
@@ -191,14 +192,11 @@ fn admit(pod: &PodCtx, peer: SocketAddr) -> Option<(ConnRecord, Route)> {
         "unknown"
     };
     let record = ConnRecord::open(&inputs.metrics, info);
-    let route = match peer {
-        Some(w) if target.meshed => match w.ip {
+    let route = match (peer, peer_id) {
+        (Some(w), Some(id)) => match w.ip {
             Some(ip) => Route::Hbone {
                 addr: target.addr,
-                peer: HbonePeer {
-                    ip,
-                    id: w.identity(state.trust_domain()),
-                },
+                peer: HbonePeer { ip, id },
             },
             None => {
                 let e = Error::NoHealthyUpstream {
