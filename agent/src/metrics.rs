@@ -117,8 +117,8 @@ impl fmt::Display for Addr {
     }
 }
 
-/// One end of a connection. Names are referenced from the mesh state, not copied, and
-/// formatted only when the connection opens and closes: an idle connection holds no strings.
+/// One end of a connection. Names are referenced from the mesh state, not copied: an idle
+/// connection holds no strings.
 #[derive(Clone, Debug, Default)]
 pub struct Party {
     pub addr: Option<Addr>,
@@ -140,11 +140,8 @@ impl Party {
             .map_or("", |w| w.namespace.as_str())
     }
 
-    fn principal(&self) -> String {
-        self.principal
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default()
+    fn principal(&self) -> &str {
+        self.principal.as_ref().map_or("", Identity::uri)
     }
 }
 
@@ -160,37 +157,26 @@ pub struct ConnInfo {
     pub policy: Option<String>,
 }
 
-/// Label values that are formatted rather than referenced.
-struct Formatted {
-    src_principal: String,
-    dst_principal: String,
-    dst_service: String,
-}
-
 impl ConnInfo {
-    fn formatted(&self, cluster_domain: &str) -> Formatted {
-        Formatted {
-            src_principal: self.src.principal(),
-            dst_principal: self.dst.principal(),
-            dst_service: self
-                .dst_service
-                .as_ref()
-                .map(|s| s.hostname(cluster_domain))
-                .unwrap_or_default(),
-        }
+    /// `destination_service`: formatted, as Services do not keep their hostname.
+    fn service(&self, cluster_domain: &str) -> String {
+        self.dst_service
+            .as_ref()
+            .map(|s| s.hostname(cluster_domain))
+            .unwrap_or_default()
     }
 
-    fn labels<'a>(&'a self, f: &'a Formatted, flags: &'a str) -> [&'a str; 10] {
+    fn labels<'a>(&'a self, service: &'a str, flags: &'a str) -> [&'a str; 10] {
         let or_unknown = |s: &'a str| if s.is_empty() { "unknown" } else { s };
         [
             self.reporter,
             or_unknown(self.src.workload_name()),
             or_unknown(self.src.namespace()),
-            or_unknown(&f.src_principal),
+            or_unknown(self.src.principal()),
             or_unknown(self.dst.workload_name()),
             or_unknown(self.dst.namespace()),
-            or_unknown(&f.dst_principal),
-            or_unknown(&f.dst_service),
+            or_unknown(self.dst.principal()),
+            or_unknown(service),
             self.security,
             flags,
         ]
@@ -216,10 +202,10 @@ impl ConnRecord {
     }
 
     pub fn open(metrics: &Arc<Metrics>, info: ConnInfo) -> Self {
-        let f = info.formatted(&metrics.cluster_domain);
+        let service = info.service(&metrics.cluster_domain);
         metrics
             .opened
-            .with_label_values(&info.labels(&f, "-"))
+            .with_label_values(&info.labels(&service, "-"))
             .inc();
         Self {
             metrics: metrics.clone(),
@@ -237,8 +223,8 @@ impl ConnRecord {
         error: Option<&dyn std::fmt::Display>,
     ) {
         let i = &self.info;
-        let f = i.formatted(&self.metrics.cluster_domain);
-        let labels = i.labels(&f, flags);
+        let service = i.service(&self.metrics.cluster_domain);
+        let labels = i.labels(&service, flags);
         let m = &self.metrics;
         m.closed.with_label_values(&labels).inc();
         m.received.with_label_values(&labels).inc_by(from_client);
@@ -251,12 +237,12 @@ impl ConnRecord {
             src_addr: &src_addr,
             src_workload: i.src.workload_name(),
             src_namespace: i.src.namespace(),
-            src_identity: &f.src_principal,
+            src_identity: i.src.principal(),
             dst_addr: &dst_addr,
             dst_workload: i.dst.workload_name(),
             dst_namespace: i.dst.namespace(),
-            dst_identity: &f.dst_principal,
-            dst_service: &f.dst_service,
+            dst_identity: i.dst.principal(),
+            dst_service: &service,
             security: i.security,
             bytes_from_client: from_client,
             bytes_to_client: to_client,

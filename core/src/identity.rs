@@ -22,7 +22,11 @@ struct Parts {
     trust_domain: Box<str>,
     namespace: Box<str>,
     service_account: Box<str>,
+    /// `spiffe://…`, written once: metrics, logs and policy read it per connection or request.
+    uri: Box<str>,
 }
+
+const SCHEME: &str = "spiffe://";
 
 // === impl Identity ===
 
@@ -32,6 +36,7 @@ impl Identity {
             trust_domain: trust_domain.into(),
             namespace: namespace.into(),
             service_account: service_account.into(),
+            uri: format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}").into(),
         }))
     }
 
@@ -47,24 +52,20 @@ impl Identity {
         &self.0.service_account
     }
 
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    pub fn uri(&self) -> &str {
+        &self.0.uri
+    }
+
     /// The URI form without `spiffe://`, as AuthorizationPolicy `principals` write it.
-    pub fn principal(&self) -> String {
-        let p = &self.0;
-        format!(
-            "{}/ns/{}/sa/{}",
-            p.trust_domain, p.namespace, p.service_account
-        )
+    pub fn principal(&self) -> &str {
+        &self.0.uri[SCHEME.len()..]
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = &self.0;
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            p.trust_domain, p.namespace, p.service_account
-        )
+        f.write_str(&self.0.uri)
     }
 }
 
@@ -79,7 +80,7 @@ impl FromStr for Identity {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         let rest = s
-            .strip_prefix("spiffe://")
+            .strip_prefix(SCHEME)
             .ok_or_else(|| Error::NotSpiffe(s.to_string()))?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {

@@ -215,7 +215,7 @@ fn offline(cmd: &Cmd) -> Result<Explanation, Error> {
             Target::Workload(w, _) => w.ip.map(IpAddr::V4),
         };
         let req = Request {
-            principal: Some(&principal),
+            principal: Some(principal),
             source_namespace: Some(id.namespace()),
             source_service_account: Some(id.service_account()),
             source_ip: src_ip,

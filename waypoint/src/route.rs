@@ -197,7 +197,7 @@ async fn route(
         let decision = evaluate(
             policies.iter().map(|p| p.as_ref()),
             &AuthzRequest {
-                principal: Some(&principal),
+                principal: Some(principal),
                 source_namespace: Some(down.src_id.namespace()),
                 source_service_account: Some(down.src_id.service_account()),
                 source_ip: down.src_ip,

@@ -29,7 +29,7 @@ pub async fn forward(
         waypoint,
         svc,
         &AuthzRequest {
-            principal: Some(&principal),
+            principal: Some(principal),
             source_namespace: Some(down.src_id.namespace()),
             source_service_account: Some(down.src_id.service_account()),
             source_ip: down.src_ip,

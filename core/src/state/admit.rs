@@ -46,9 +46,8 @@ impl MeshState {
                 reason: "strict_mtls",
             });
         }
-        let principal = peer.identity.as_ref().map(Identity::principal);
         let req = Request {
-            principal: principal.as_deref(),
+            principal: peer.identity.as_ref().map(Identity::principal),
             source_namespace: peer.identity.as_ref().map(Identity::namespace),
             source_service_account: peer.identity.as_ref().map(Identity::service_account),
             source_ip: peer.ip,
