@@ -36,6 +36,13 @@ pub struct RenderArgs {
     /// Also label the namespace so that its services' traffic goes through the waypoint.
     #[arg(long)]
     pub enroll: bool,
+    /// An OpenTelemetry collector (OTLP/gRPC, e.g. http://otel-collector.observability:4317)
+    /// the waypoint exports request spans to.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// Percentage of new traces the waypoint records (Istio's default: 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_sampling: f64,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +150,15 @@ pub fn render(a: &RenderArgs) -> Vec<serde_json::Value> {
             "lanyard-waypoint-config",
         ));
     }
+    let mut env = vec![
+        json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        json!({"name": "LANYARD_CA_ADDRESS", "value": a.ca_address}),
+        json!({"name": "LANYARD_ROOT_NAMESPACE", "value": a.root_namespace}),
+    ];
+    if let Some(endpoint) = &a.otlp_endpoint {
+        env.push(json!({"name": "LANYARD_OTLP_ENDPOINT", "value": endpoint}));
+        env.push(json!({"name": "LANYARD_TRACE_SAMPLING", "value": a.trace_sampling.to_string()}));
+    }
     out.push(json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": labels},
         "spec": {
@@ -161,11 +177,7 @@ pub fn render(a: &RenderArgs) -> Vec<serde_json::Value> {
                          "--ca-bootstrap", "/var/run/lanyard/ca",
                          "--ca-token", "/var/run/secrets/tokens/istio-ca-token",
                          "--ca-server-name", a.ca_server_name],
-                "env": [
-                  {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                  {"name": "LANYARD_CA_ADDRESS", "value": a.ca_address},
-                  {"name": "LANYARD_ROOT_NAMESPACE", "value": a.root_namespace}
-                ],
+                "env": env,
                 "ports": [
                   {"name": "hbone", "containerPort": 15008},
                   {"name": "metrics", "containerPort": 15020}
@@ -223,6 +235,44 @@ mod tests {
     fn args(ns: &str, replicas: u32) -> super::RenderArgs {
         let replicas = replicas.to_string();
         Cli::parse_from(["x", "-n", ns, "--replicas", &replicas, "--enroll"]).args
+    }
+
+    #[test]
+    fn tracing_is_rendered_only_when_a_collector_is_given() {
+        let env = |objects: Vec<serde_json::Value>| {
+            let d = objects
+                .into_iter()
+                .find(|o| o["kind"] == "Deployment")
+                .unwrap();
+            d["spec"]["template"]["spec"]["containers"][0]["env"].clone()
+        };
+        let plain = env(super::render(&args("demo", 1)));
+        assert!(
+            !plain.to_string().contains("LANYARD_OTLP_ENDPOINT"),
+            "{plain}"
+        );
+        let a = Cli::parse_from([
+            "x",
+            "-n",
+            "demo",
+            "--otlp-endpoint",
+            "http://otel:4317",
+            "--trace-sampling",
+            "10",
+        ])
+        .args;
+        let traced = env(super::render(&a));
+        let vars: Vec<(&str, &str)> = traced
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| Some((v["name"].as_str()?, v["value"].as_str()?)))
+            .collect();
+        assert!(
+            vars.contains(&("LANYARD_OTLP_ENDPOINT", "http://otel:4317")),
+            "{vars:?}"
+        );
+        assert!(vars.contains(&("LANYARD_TRACE_SAMPLING", "10")), "{vars:?}");
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub struct MeshBuilder {
     services: Vec<ServiceSpec>,
     mtls_mode: String,
     waypoints: Vec<String>,
+    waypoint_args: Vec<String>,
 }
 
 pub struct Mesh {
@@ -109,6 +110,7 @@ pub struct Mesh {
     pub mtls_mode: String,
     /// Namespaces with a waypoint (pod `waypoint-<ns>` on node 0, Service `waypoint`).
     pub waypoints: Vec<String>,
+    waypoint_args: Vec<String>,
     waypoint_procs: Vec<Child>,
     cgroup_root: PathBuf,
     ca: Option<Child>,
@@ -166,6 +168,12 @@ impl MeshBuilder {
         self
     }
 
+    /// Flags every waypoint starts with, after the harness's own.
+    pub fn waypoint_args(mut self, args: &[&str]) -> Self {
+        self.waypoint_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     pub fn start(self) -> Result<Mesh> {
         if !nix::unistd::geteuid().is_root() {
             bail!("the end-to-end harness needs root (network namespaces, cgroups, BPF)");
@@ -185,6 +193,7 @@ impl MeshBuilder {
             extra_yaml: String::new(),
             mtls_mode: self.mtls_mode,
             waypoints: self.waypoints,
+            waypoint_args: self.waypoint_args,
             waypoint_procs: Vec::new(),
             cgroup_root,
             ca: None,
@@ -221,6 +230,7 @@ impl Mesh {
             services: Vec::new(),
             mtls_mode: "permissive".into(),
             waypoints: Vec::new(),
+            waypoint_args: Vec::new(),
         }
     }
 
@@ -475,6 +485,7 @@ impl Mesh {
             ])
             .arg("--ca-bootstrap")
             .arg(&certs)
+            .args(&self.waypoint_args)
             .env(
                 "RUST_LOG",
                 std::env::var("LANYARD_E2E_LOG").unwrap_or_else(|_| "info".into()),

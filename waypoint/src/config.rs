@@ -10,6 +10,8 @@ use lanyard_core::hbone;
 use lanyard_core::identity::Identity;
 use lanyard_core::state::Waypoint;
 
+use crate::trace::Tracing;
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "lanyard-waypoint", about = "Lanyard's per-namespace L7 proxy")]
 pub struct Args {
@@ -59,6 +61,22 @@ pub struct Args {
     /// How long access-log lines may wait before they are written, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub access_log_flush_ms: u64,
+    /// An OpenTelemetry collector's OTLP/gRPC address (`http://host:4317`): the waypoint
+    /// then joins requests' traces (W3C `traceparent` or B3) and exports a span for each
+    /// sampled request. Without it trace headers pass through untouched.
+    #[arg(long, env = "LANYARD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Percentage of requests without a caller's sampling decision that start a recorded
+    /// trace (Istio's `sampling`, default 1 %).
+    #[arg(long, env = "LANYARD_TRACE_SAMPLING", default_value_t = 1.0, value_parser = percent)]
+    pub trace_sampling: f64,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +104,9 @@ pub struct Config {
     pub max_buffered_body: usize,
     /// None: no access log.
     pub access_log_flush: Option<Duration>,
+    /// None: no spans, trace headers untouched.
+    pub otlp_endpoint: Option<String>,
+    pub tracing: Tracing,
 }
 
 impl From<Args> for Config {
@@ -118,6 +139,10 @@ impl From<Args> for Config {
             max_buffered_body: 64 * 1024,
             access_log_flush: (a.access_log == "stdout")
                 .then(|| Duration::from_millis(a.access_log_flush_ms.max(1))),
+            otlp_endpoint: a.otlp_endpoint.filter(|e| !e.is_empty()),
+            tracing: Tracing {
+                sampling_percent: a.trace_sampling,
+            },
         }
     }
 }

@@ -696,7 +696,7 @@ impl Drop for Recorded {
         if let Some((metrics, mut rec, start)) = self.done.take() {
             rec.response_bytes = self.bytes;
             rec.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
-            metrics.record(&rec);
+            metrics.record(rec);
         }
     }
 }

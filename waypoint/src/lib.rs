@@ -13,8 +13,10 @@ pub mod inbound;
 pub mod lb;
 pub mod local;
 pub mod metrics;
+pub mod otlp;
 pub mod route;
 pub mod tcp;
+pub mod trace;
 pub mod upstream;
 
 pub type Secrets = lanyard_core::secrets::SecretManager<lanyard_core::ca::CaClient>;

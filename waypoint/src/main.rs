@@ -11,6 +11,7 @@ use lanyard_waypoint::admin::{self, AdminState};
 use lanyard_waypoint::config::{Args, Config};
 use lanyard_waypoint::lb::Balancer;
 use lanyard_waypoint::metrics::Metrics;
+use lanyard_waypoint::otlp::Exporter;
 use lanyard_waypoint::route::Inputs;
 use lanyard_waypoint::upstream::Upstream;
 use tokio::net::TcpListener;
@@ -68,7 +69,19 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     let registry = prometheus::Registry::new();
     let access_log = AccessLog::stdout_or_off(config.access_log_flush);
-    let metrics = Arc::new(Metrics::new(&registry, access_log.clone())?);
+    let spans = match &config.otlp_endpoint {
+        Some(endpoint) => Some(
+            Exporter {
+                endpoint: endpoint.clone(),
+                service_name: format!("{}.{}", config.waypoint.name, config.waypoint.namespace),
+                namespace: config.waypoint.namespace.clone(),
+                flush: Duration::from_secs(1),
+            }
+            .start(&registry)?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new(&registry, access_log.clone(), spans)?);
     lanyard_waypoint::metrics::register_info(
         &registry,
         &format!("{}/{}", config.waypoint.namespace, config.waypoint.name),

@@ -2,6 +2,9 @@
 //! registry, and one JSON access-log line per request.
 
 use lanyard_core::access_log::AccessLog;
+
+use crate::otlp::SpanSink;
+use crate::trace::SpanContext;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
@@ -45,6 +48,7 @@ pub struct Metrics {
     /// Endpoints ejected by outlier detection.
     pub ejections: IntCounterVec,
     access_log: AccessLog,
+    spans: Option<SpanSink>,
 }
 
 /// Everything one request's metrics and log line say.
@@ -77,6 +81,8 @@ pub struct RequestRecord {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_ms: f64,
+    /// The waypoint's span, when spans are exported.
+    pub span: Option<SpanContext>,
 }
 
 fn or_unknown(s: &str) -> &str {
@@ -106,7 +112,11 @@ pub fn register_info(
 // === impl Metrics ===
 
 impl Metrics {
-    pub fn new(registry: &Registry, access_log: AccessLog) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        registry: &Registry,
+        access_log: AccessLog,
+        spans: Option<SpanSink>,
+    ) -> Result<Self, prometheus::Error> {
         let requests = IntCounterVec::new(
             Opts::new("istio_requests_total", "Requests handled"),
             &LABELS,
@@ -164,11 +174,13 @@ impl Metrics {
             denied,
             ejections,
             access_log,
+            spans,
         })
     }
 
-    /// Counts a finished request and writes its access-log line.
-    pub fn record(&self, r: &RequestRecord) {
+    /// Counts a finished request, writes its access-log line and exports its span if
+    /// sampled.
+    pub fn record(&self, r: RequestRecord) {
         let code = r.code.to_string();
         let values: [&str; 18] = [
             "waypoint",
@@ -204,7 +216,12 @@ impl Metrics {
         self.response_bytes
             .with_label_values(&values)
             .observe(r.response_bytes as f64);
-        self.access_log.write("request", &AccessEntry::from(r));
+        self.access_log.write("request", &AccessEntry::from(&r));
+        if let (Some(spans), Some(ctx)) = (&self.spans, r.span) {
+            if ctx.sampled {
+                spans.send(ctx, r);
+            }
+        }
     }
 }
 

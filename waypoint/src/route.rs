@@ -137,6 +137,9 @@ async fn route(
         }
     };
     rec.request_id = request_id;
+    if config.otlp_endpoint.is_some() {
+        rec.span = Some(config.tracing.start(req.headers_mut()));
+    }
     let authority = req
         .uri()
         .authority()
