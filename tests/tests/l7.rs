@@ -640,6 +640,64 @@ spec:
     );
 }
 
+/// curl's `--http2` on an http:// URL offers `Upgrade: h2c`; the waypoint takes it, and the
+/// upgrading request and the later ones on the same connection (HTTP/2 streams) are each
+/// routed and authorized.
+#[test]
+fn an_h2c_upgrade_continues_as_http2_with_every_request_routed_and_authorized() {
+    let mut mesh = mesh("l7h2c", &[]);
+    let yaml = format!(
+        "{}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-secret, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: '', name: backend}}]
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ['/secret']}}}}]
+",
+        weights(0, 100)
+    );
+    apply(&mut mesh, &yaml);
+    let urls: Vec<String> = ["/first", "/secret", "/third"]
+        .iter()
+        .map(|p| format!("{URL}{p}"))
+        .collect();
+    let mut args = vec![
+        "-sS",
+        "--http2",
+        "--max-time",
+        "10",
+        "-w",
+        "\n@@ %{http_version} %{http_code} %{num_connects}\n",
+    ];
+    args.extend(urls.iter().map(String::as_str));
+    let out = mesh.exec_command("client", "curl", &args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("@@ ")).collect();
+    // One connection, upgraded by the first request; all three answered over HTTP/2.
+    assert_eq!(results, ["2 200 1", "2 403 0", "2 200 0"], "{text}");
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["version"], "v2",
+        "routed by the VirtualService: {first}"
+    );
+    assert_eq!(first["path"], "/first");
+    assert!(first["headers"]["x-request-id"].is_string(), "{first}");
+    for gone in ["upgrade", "http2-settings"] {
+        assert!(
+            first["headers"][gone].is_null(),
+            "{gone} forwarded: {first}"
+        );
+    }
+}
+
 #[test]
 fn http2_and_grpc_unary_and_streaming_pass_the_waypoint() {
     let mut mesh = Mesh::builder("l7grpc")
@@ -739,25 +797,36 @@ fn websocket_upgrades_and_tcp_routes_pass_the_waypoint() {
     assert_eq!(r["status"], 101, "{r}");
     assert_eq!(r["echo"], "hello over the waypoint", "{r}");
 
-    // An h2c upgrade offer is dropped (as Envoy does): the request is served as HTTP/1.1 and
-    // the connection stays under routing and policy.
-    let r = load(
-        &mesh,
-        &[
-            "--url",
-            &format!("{URL}/h2c"),
-            "--count",
-            "1",
-            "--header",
-            "connection:Upgrade, HTTP2-Settings",
-            "--header",
-            "upgrade:h2c",
-            "--header",
-            "http2-settings:AAMAAABkAARAAAAAAAIAAAAA",
-        ],
-    );
-    assert_eq!(count(&r, "statuses", "200"), 1, "{r}");
-    let body: Value = serde_json::from_str(r["lastBody"].as_str().unwrap()).unwrap();
+    // An h2c offer on a request with a body is declined: served as HTTP/1.1, the offer not
+    // passed on, so the connection stays under routing and policy.
+    let out = mesh
+        .exec_command(
+            "client",
+            "curl",
+            &[
+                "-sS",
+                "--http1.1",
+                "--max-time",
+                "10",
+                "-H",
+                "Connection: Upgrade, HTTP2-Settings",
+                "-H",
+                "Upgrade: h2c",
+                "-H",
+                "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+                "-d",
+                "payload",
+                "-w",
+                "\n@@ %{http_version} %{http_code}\n",
+                &format!("{URL}/h2c"),
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.ends_with("@@ 1.1 200\n"), "{text}");
+    let body: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(body["bodyLen"], 7, "{body}");
     assert!(body["headers"]["upgrade"].is_null(), "{body}");
     assert!(body["headers"]["http2-settings"].is_null(), "{body}");
 

@@ -217,10 +217,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
-/// Drops an `Upgrade: h2c` offer, as Envoy does. Accepted, it would splice the connection
-/// after a 101, and every later request on it would pass unrouted and unauthorized. HTTP/1.1
-/// lets a server ignore an upgrade, so the request simply continues as HTTP/1.1; RFC 9113
-/// has deprecated h2c upgrades, and HTTP/2 with prior knowledge is served.
+/// Drops an `Upgrade: h2c` offer the waypoint did not take itself (`h2c.rs` declines
+/// offers with a body or malformed settings). Passed upstream, it would splice the
+/// connection after a 101, and every later request on it would pass unrouted and
+/// unauthorized. HTTP/1.1 lets a server ignore an upgrade: the request continues as HTTP/1.1.
 fn strip_h2c_upgrade(h: &mut HeaderMap) {
     let Some(offer) = h.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
         return;

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod authn;
 pub mod config;
 pub mod forward;
+pub mod h2c;
 pub mod inbound;
 pub mod lb;
 pub mod local;

@@ -67,8 +67,13 @@ impl Target {
 pub async fn handle(
     inputs: Arc<Inputs>,
     down: Arc<Downstream>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if req.headers().contains_key(header::UPGRADE) {
+        if let Some(switching) = crate::h2c::upgrade(&inputs, &down, &mut req) {
+            return Ok(switching);
+        }
+    }
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
     let mut rec = RequestRecord {
