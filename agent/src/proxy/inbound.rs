@@ -1,10 +1,13 @@
 //! Inbound HBONE: mutual TLS as the pod's identity, then one tunnel per `CONNECT`, delivered
 //! to the app from the client's own address.
 
+use std::future::{poll_fn, Future};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
-use lanyard_core::hbone::{self, copy_bidirectional, Copied, InboundRequest};
+use lanyard_core::hbone::{self, Copied, InboundRequest, Tunnel};
 use lanyard_core::identity::Identity;
 use lanyard_core::tls;
 use tokio::net::TcpStream;
@@ -12,7 +15,7 @@ use tracing::{debug, debug_span, Instrument};
 
 use lanyard_core::policy::authz::Reason;
 
-use super::{Error, Peer, PodCtx};
+use super::{Error, Peer, PodCtx, Tracked};
 use crate::metrics::{Addr, ConnInfo, ConnRecord, Party};
 use crate::socket;
 
@@ -56,13 +59,68 @@ pub(super) async fn serve_connection(pod: Arc<PodCtx>, _id: u64, tcp: TcpStream,
     }
 }
 
-async fn handle_stream(
+/// One tunnel. Admission, the app connection and the CONNECT answer run boxed, made here
+/// rather than inside the returned future: an `async fn` keeps its arguments (the request's
+/// headers among them) for its whole life, and only the copy's state should stay in the
+/// task for the tunnel's life.
+pub(super) fn handle_stream(
     pod: Arc<PodCtx>,
     id: u64,
     src_ip: IpAddr,
     peer_id: Identity,
     req: InboundRequest,
-) {
+) -> impl Future<Output = ()> + Send {
+    let admission = Box::pin(admit(pod, id, src_ip, peer_id, req));
+    async move {
+        let Some(mut a) = admission.await else {
+            return;
+        };
+        let mut copied = Copied::default();
+        let mut revoked = pin!(a.tracked.cancel.cancelled());
+        // Here the TCP side is the server: what it sends goes to the client.
+        let result = poll_fn(|cx| {
+            if revoked.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Error::Revoked));
+            }
+            a.tunnel
+                .poll_copy(cx, &mut a.app, &mut copied)
+                .map_err(Error::Tunnel)
+        })
+        .await;
+        match result {
+            Ok(()) => a
+                .record
+                .close(copied.tunnel_to_tcp, copied.tcp_to_tunnel, "-", None),
+            Err(e) => {
+                a.record.close(
+                    copied.tunnel_to_tcp,
+                    copied.tcp_to_tunnel,
+                    e.response_flags(),
+                    Some(&e),
+                );
+                socket::reset(a.app);
+            }
+        }
+    }
+}
+
+/// A tunnel the pod accepted, connected to its app.
+struct Admitted {
+    record: ConnRecord,
+    tracked: Tracked,
+    app: TcpStream,
+    tunnel: Tunnel,
+}
+
+/// Checks the tunnel against the pod's address and policy, connects to the app from the
+/// client's address and answers the CONNECT; None when refused (answered and recorded).
+async fn admit(
+    pod: Arc<PodCtx>,
+    id: u64,
+    src_ip: IpAddr,
+    peer_id: Identity,
+    req: InboundRequest,
+) -> Option<Admitted> {
     let inputs = &pod.inputs;
     let state = inputs.state.borrow().clone();
     let src_workload = match src_ip {
@@ -85,7 +143,8 @@ async fn handle_stream(
     if req.authority.ip() != IpAddr::V4(pod.ip) {
         let e = Error::AuthorityMismatch(req.authority);
         req.refuse(http::StatusCode::BAD_REQUEST);
-        return record.close(0, 0, e.response_flags(), Some(&e));
+        record.close(0, 0, e.response_flags(), Some(&e));
+        return None;
     }
     let peer = Peer {
         ip: src_ip,
@@ -101,43 +160,32 @@ async fn handle_stream(
             record.denied(&denial.policy, Some(denial.detail.clone()), denial.reason);
             req.refuse(http::StatusCode::UNAUTHORIZED);
             let e = Error::Denied(denial.detail);
-            return record.close(0, 0, e.response_flags(), Some(&e));
+            record.close(0, 0, e.response_flags(), Some(&e));
+            return None;
         }
     }
     // Connections can outlive many config updates; each would pin its state.
     drop(state);
     let tracked = pod.track(id, peer, req.authority);
-    // Boxed: connect state is short-lived; only the copy stays inline for the stream's life.
-    let mut app = match Box::pin(pod.connect_app(req.authority, src_ip)).await {
+    let app = match pod.connect_app(req.authority, src_ip).await {
         Ok(s) => s,
         Err(e) => {
             req.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
-            return record.close(0, 0, e.response_flags(), Some(&e));
+            record.close(0, 0, e.response_flags(), Some(&e));
+            return None;
         }
     };
-    let stream = match req.accept() {
-        Ok(s) => s,
+    match req.accept() {
+        Ok(stream) => Some(Admitted {
+            record,
+            tracked,
+            app,
+            tunnel: Tunnel::new(stream),
+        }),
         Err(e) => {
             let e = Error::Tunnel(e);
-            return record.close(0, 0, e.response_flags(), Some(&e));
-        }
-    };
-    let mut copied = Copied::default();
-    // Here the TCP side is the server: what it sends goes to the client.
-    let result = tokio::select! {
-        r = copy_bidirectional(&mut app, stream, &mut copied) => r.map_err(Error::Tunnel),
-        _ = tracked.cancel.cancelled() => Err(Error::Revoked),
-    };
-    match result {
-        Ok(()) => record.close(copied.tunnel_to_tcp, copied.tcp_to_tunnel, "-", None),
-        Err(e) => {
-            record.close(
-                copied.tunnel_to_tcp,
-                copied.tcp_to_tunnel,
-                e.response_flags(),
-                Some(&e),
-            );
-            socket::reset(app);
+            record.close(0, 0, e.response_flags(), Some(&e));
+            None
         }
     }
 }

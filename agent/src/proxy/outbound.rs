@@ -1,10 +1,11 @@
 //! Outbound: a captured connection from the pod, to a mesh workload over HBONE, or through
 //! unchanged when the destination is outside the mesh.
 
+use std::future::{poll_fn, Future};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use lanyard_core::hbone::{copy_bidirectional, ConnectRequest, Copied, HBONE_DEFAULT_PORT};
+use lanyard_core::hbone::{ConnectRequest, Copied, Tunnel, HBONE_DEFAULT_PORT};
 use lanyard_core::identity::Identity;
 use lanyard_core::state::{EndpointSource, MeshState, Service, Waypoint, Workload};
 use rand::Rng;
@@ -107,28 +108,43 @@ fn resolve(state: &MeshState, orig: SocketAddrV4) -> Result<Target, Error> {
     })
 }
 
-pub(super) async fn handle(pod: Arc<PodCtx>, _id: u64, mut app: TcpStream, peer: SocketAddr) {
-    // Deciding where to go is synchronous, so that none of its locals (the mesh state among
-    // them) stay in this task's state for the connection's life.
-    let Some((record, route)) = admit(&pod, peer) else {
-        return socket::reset(app);
-    };
-    let mut copied = Copied::default();
-    let result = match route {
-        Route::Hbone { addr, peer } => hbone(&pod, &mut app, addr, peer, &mut copied).await,
-        Route::Passthrough(addr) => passthrough(&pod, &mut app, addr, &mut copied).await,
-    };
-    match result {
-        Ok(()) => record.close(copied.tcp_to_tunnel, copied.tunnel_to_tcp, "-", None),
-        Err(e) => {
-            debug!("outbound failed: {e}");
-            record.close(
-                copied.tcp_to_tunnel,
-                copied.tunnel_to_tcp,
-                e.response_flags(),
-                Some(&e),
-            );
-            socket::reset(app);
+/// One outbound connection. Where it goes is decided here, synchronously, before the
+/// returned future exists: none of the decision's locals (the mesh state among them) stay
+/// in the task for the connection's life.
+pub(super) fn handle(
+    pod: Arc<PodCtx>,
+    _id: u64,
+    mut app: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    let admitted = admit(&pod, peer);
+    async move {
+        let Some((_, route)) = &admitted else {
+            return socket::reset(app);
+        };
+        let mut copied = Copied::default();
+        let result = match *route {
+            Route::Hbone { addr, ref peer } => hbone(&pod, &mut app, addr, peer, &mut copied).await,
+            // Boxed: a plain TCP copy's state is larger, and would size every task.
+            Route::Passthrough(addr) => {
+                Box::pin(passthrough(&pod, &mut app, addr, &mut copied)).await
+            }
+        };
+        let Some((record, _)) = admitted else {
+            return;
+        };
+        match result {
+            Ok(()) => record.close(copied.tcp_to_tunnel, copied.tunnel_to_tcp, "-", None),
+            Err(e) => {
+                debug!("outbound failed: {e}");
+                record.close(
+                    copied.tcp_to_tunnel,
+                    copied.tunnel_to_tcp,
+                    e.response_flags(),
+                    Some(&e),
+                );
+                socket::reset(app);
+            }
         }
     }
 }
@@ -216,7 +232,7 @@ async fn hbone(
     pod: &PodCtx,
     app: &mut TcpStream,
     addr: SocketAddrV4,
-    peer: HbonePeer,
+    peer: &HbonePeer,
     copied: &mut Copied,
 ) -> Result<(), Error> {
     let inputs = &pod.inputs;
@@ -227,17 +243,18 @@ async fn hbone(
         let key = PoolKey {
             src_ip: pod.ip,
             src_id: pod.identity.clone(),
-            dst_id: peer.id,
+            dst_id: peer.id.clone(),
             dst: SocketAddrV4::new(peer.ip, HBONE_DEFAULT_PORT),
         };
         let req = ConnectRequest {
             authority: SocketAddr::V4(addr),
             headers: Default::default(),
         };
-        Ok::<_, Error>(inputs.pool.connect(&key, &pod.netns, &cert, req).await?)
+        let (stream, guard) = inputs.pool.connect(&key, &pod.netns, &cert, req).await?;
+        Ok::<_, Error>((Tunnel::new(stream), guard))
     };
-    let (stream, _guard) = Box::pin(setup).await?;
-    copy_bidirectional(app, stream, copied).await?;
+    let (mut tunnel, _guard) = Box::pin(setup).await?;
+    poll_fn(|cx| tunnel.poll_copy(cx, app, copied)).await?;
     Ok(())
 }
 

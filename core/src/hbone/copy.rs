@@ -43,24 +43,59 @@ pub async fn copy_bidirectional(
     stream: H2Stream,
     copied: &mut Copied,
 ) -> Result<(), Error> {
-    let H2Stream { mut send, mut recv } = stream;
-    // Counters are updated as bytes move so that a failed tunnel still reports what it did.
-    let mut up = Up::default();
-    let mut down = Down::default();
-    let result = poll_fn(|cx| {
-        let up_done = up.poll(cx, tcp, &mut send, &mut copied.tcp_to_tunnel)?;
-        let down_done = down.poll(cx, tcp, &mut recv, &mut copied.tunnel_to_tcp)?;
-        if up_done.is_ready() && down_done.is_ready() {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+    let mut tunnel = Tunnel::new(stream);
+    poll_fn(|cx| tunnel.poll_copy(cx, tcp, copied)).await
+}
+
+/// The copy's state, for callers that poll it inline with other work (a revocation signal)
+/// rather than await a nested future: each nested `async fn` keeps its moved-in arguments
+/// for its whole life, which for a tunnel is the connection's.
+pub struct Tunnel {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    up: Up,
+    down: Down,
+}
+
+// === impl Tunnel ===
+
+impl Tunnel {
+    pub fn new(stream: H2Stream) -> Self {
+        Tunnel {
+            send: stream.send,
+            recv: stream.recv,
+            up: Up::default(),
+            down: Down::default(),
         }
-    })
-    .await;
-    if result.is_err() {
-        send.send_reset(h2::Reason::CANCEL);
     }
-    result
+
+    /// Ready when both directions have finished or one failed; on failure the HBONE stream
+    /// is reset. Counters are updated as bytes move, so that a failed tunnel still reports
+    /// what it did.
+    pub fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        tcp: &mut TcpStream,
+        copied: &mut Copied,
+    ) -> Poll<Result<(), Error>> {
+        let result = (|| {
+            let up = self
+                .up
+                .poll(cx, tcp, &mut self.send, &mut copied.tcp_to_tunnel)?;
+            let down = self
+                .down
+                .poll(cx, tcp, &mut self.recv, &mut copied.tunnel_to_tcp)?;
+            if up.is_ready() && down.is_ready() {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })();
+        if let Poll::Ready(Err(_)) = &result {
+            self.send.send_reset(h2::Reason::CANCEL);
+        }
+        result
+    }
 }
 
 /// TCP to HTTP/2: read a chunk, then send it as capacity allows.

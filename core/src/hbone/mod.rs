@@ -10,7 +10,7 @@ mod server;
 use std::time::Duration;
 
 pub use client::{handshake, ConnectRequest, Connection, StreamGuard};
-pub use copy::{copy_bidirectional, Copied, H2Stream};
+pub use copy::{copy_bidirectional, Copied, H2Stream, Tunnel};
 pub use io::H2Io;
 pub use server::{serve, InboundRequest};
 
