@@ -130,8 +130,10 @@ pub(super) fn handle(
                 Box::pin(passthrough(&pod, &mut app, addr, &mut copied)).await
             }
         };
+        // Taken apart only now: moving the record out earlier would give it a second slot
+        // in the task's state, as captured values keep theirs for the task's whole life.
         let Some((record, _)) = admitted else {
-            return;
+            unreachable!("checked above")
         };
         match result {
             Ok(()) => record.close(copied.tcp_to_tunnel, copied.tunnel_to_tcp, "-", None),
