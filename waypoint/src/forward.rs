@@ -2,7 +2,7 @@
 //! per-try and overall timeouts, mirroring, and the metrics record written when the response
 //! body ends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -268,7 +268,12 @@ fn retriable(policy: &RetryPolicy, status: StatusCode, headers: &HeaderMap) -> b
     grpc.is_some_and(|g| on.grpc.contains(&g))
 }
 
-fn hash_key(lb: &LoadBalancer, headers: &HeaderMap, path: &str, src: &str) -> Option<String> {
+fn hash_key(
+    lb: &LoadBalancer,
+    headers: &HeaderMap,
+    path: &str,
+    src_ip: Option<IpAddr>,
+) -> Option<String> {
     let LoadBalancer::ConsistentHash(on) = lb else {
         return None;
     };
@@ -277,7 +282,8 @@ fn hash_key(lb: &LoadBalancer, headers: &HeaderMap, path: &str, src: &str) -> Op
             .get(h.as_str())
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-        HashOn::SourceIp => Some(src.to_string()),
+        // The client pod's address, as the tunnel delivered it (Envoy's downstream address).
+        HashOn::SourceIp => src_ip.map(|ip| ip.to_string()),
         HashOn::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()
@@ -396,8 +402,7 @@ pub async fn forward(
             }
         }
     }
-    let src = rec.src_principal.clone();
-    let key = hash_key(&plan.lb, &parts.headers, &path, &src);
+    let key = hash_key(&plan.lb, &parts.headers, &path, rec.src_ip);
     let addrs: Vec<SocketAddr> = plan.endpoints.iter().map(|(a, _)| *a).collect();
     let allowed = if buffered.is_some() {
         1 + plan.retries.attempts
@@ -715,6 +720,17 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// `useSourceIp` keys on the client's address, so that pods sharing a service account
+    /// (one principal) still spread over endpoints.
+    #[test]
+    fn consistent_hash_on_source_ip_keys_on_the_client_address() {
+        let lb = LoadBalancer::ConsistentHash(HashOn::SourceIp);
+        let key = |ip: [u8; 4]| hash_key(&lb, &HeaderMap::new(), "/", Some(IpAddr::from(ip)));
+        assert_eq!(key([10, 0, 0, 1]).as_deref(), Some("10.0.0.1"));
+        assert_ne!(key([10, 0, 0, 1]), key([10, 0, 0, 2]));
+        assert_eq!(hash_key(&lb, &HeaderMap::new(), "/", None), None);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Istio's request metrics as a waypoint reports them (`reporter="waypoint"`), on an explicit
 //! registry, and one JSON access-log line per request.
 
+use std::net::IpAddr;
+
 use lanyard_core::access_log::AccessLog;
+use lanyard_core::identity::Identity;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
 
 use crate::otlp::SpanSink;
 use crate::trace::SpanContext;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use serde::Serialize;
 
 /// Istio's request metric labels, in this order.
 pub const LABELS: [&str; 18] = [
@@ -56,7 +59,10 @@ pub struct Metrics {
 pub struct RequestRecord {
     pub src_workload: String,
     pub src_namespace: String,
-    pub src_principal: String,
+    /// The client's address: the tunnel's source.
+    pub src_ip: Option<IpAddr>,
+    /// The tunnel peer; its URI is the `source_principal` label.
+    pub src_principal: Option<Identity>,
     pub src_version: String,
     pub dst_workload: String,
     pub dst_namespace: String,
@@ -83,6 +89,12 @@ pub struct RequestRecord {
     pub duration_ms: f64,
     /// The waypoint's span, when spans are exported.
     pub span: Option<SpanContext>,
+}
+
+impl RequestRecord {
+    pub fn src_principal(&self) -> &str {
+        self.src_principal.as_ref().map_or("", |id| id.uri())
+    }
 }
 
 fn or_unknown(s: &str) -> &str {
@@ -186,7 +198,7 @@ impl Metrics {
             "waypoint",
             or_unknown(&r.src_workload),
             or_unknown(&r.src_namespace),
-            or_unknown(&r.src_principal),
+            or_unknown(r.src_principal()),
             or_unknown(&r.src_version),
             or_unknown(&r.dst_workload),
             or_unknown(&r.dst_namespace),
@@ -265,7 +277,7 @@ impl<'a> From<&'a RequestRecord> for AccessEntry<'a> {
             upstream: &r.upstream,
             route: &r.route,
             policy: &r.policy,
-            src_principal: &r.src_principal,
+            src_principal: r.src_principal(),
             src_workload: &r.src_workload,
             dst_service: &r.dst_service,
             dst_workload: &r.dst_workload,

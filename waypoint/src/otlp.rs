@@ -212,7 +212,7 @@ fn span(ctx: &SpanContext, r: &RequestRecord, end_unix_nanos: u64) -> Span {
         kv("guid:x-request-id", &r.request_id),
         kv("upstream_cluster", &r.cluster),
         kv("upstream_address", &r.upstream),
-        kv("istio.source_principal", &r.src_principal),
+        kv("istio.source_principal", r.src_principal()),
         kv_int("request_size", r.request_bytes as i64),
         kv_int("response_size", r.response_bytes as i64),
     ];

@@ -84,7 +84,8 @@ pub async fn handle(
             .map(|p| p.to_string())
             .unwrap_or_default(),
         protocol: if grpc { "grpc" } else { down.protocol },
-        src_principal: down.src_id.to_string(),
+        src_ip: Some(down.src_ip),
+        src_principal: Some(down.src_id.clone()),
         ..Default::default()
     };
     let (resp, flags) = match route(&inputs, &down, req, &mut rec).await {
