@@ -195,7 +195,7 @@ const HOP_BY_HOP: [&str; 6] = [
     "te",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     let listed: Vec<String> = h
         .get_all(header::CONNECTION)
         .iter()

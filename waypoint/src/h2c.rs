@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tracing::debug;
 
+use crate::forward;
 use crate::local;
 use crate::route::{self, Downstream, Inputs};
 use crate::upstream::Body;
@@ -29,17 +30,6 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_FRAME: usize = 16_384;
 /// How long the client may take to send its preface after the 101.
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Hop-by-hop headers of the HTTP/1.1 request, which HTTP/2 forbids.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "upgrade",
-    "http2-settings",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "host",
-];
 
 /// Takes over `req` if it is an h2c upgrade the waypoint can accept: returns the 101 and
 /// serves the rest of the connection as HTTP/2. Otherwise None, and the offer is ignored
@@ -120,7 +110,12 @@ fn header_block<B>(req: &Request<B>) -> Option<Bytes> {
     literal(&mut block, b":scheme", b"http");
     literal(&mut block, b":authority", &authority);
     literal(&mut block, b":path", path.as_bytes());
-    for (name, value) in headers(req.headers()) {
+    // HTTP/2 forbids the HTTP/1.1 request's hop-by-hop headers; `Host` became :authority.
+    let mut headers = req.headers().clone();
+    forward::strip_hop_by_hop(&mut headers, true);
+    headers.remove(header::HOST);
+    headers.remove("http2-settings");
+    for (name, value) in &headers {
         literal(&mut block, name.as_str().as_bytes(), value.as_bytes());
     }
     if block.len() > MAX_FRAME {
@@ -133,14 +128,6 @@ fn header_block<B>(req: &Request<B>) -> Option<Bytes> {
     frame.put_u32(1);
     frame.put(block);
     Some(frame.freeze())
-}
-
-fn headers(h: &HeaderMap) -> impl Iterator<Item = (&header::HeaderName, &HeaderValue)> {
-    h.iter().filter(|(name, value)| {
-        let n = name.as_str();
-        !HOP_BY_HOP.contains(&n)
-            && (n != "te" || value.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    })
 }
 
 /// An HPACK "literal header field without indexing, new name", strings not Huffman coded:

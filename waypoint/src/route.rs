@@ -371,7 +371,7 @@ fn rec_labels(
     state.workload_by_ip(v4).map(|w| &w.labels)
 }
 
-fn chance(fraction: f64) -> bool {
+pub(crate) fn chance(fraction: f64) -> bool {
     fraction > 0.0 && (fraction >= 1.0 || rand::rng().random::<f64>() < fraction)
 }
 

@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue};
 use rand::Rng;
 
+use crate::route::chance;
+
 /// The waypoint's span of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpanContext {
@@ -52,34 +54,20 @@ impl Tracing {
     /// headers are rewritten so that the next hop's parent is this span.
     pub fn start(&self, headers: &mut HeaderMap) -> SpanContext {
         let mut rng = rand::rng();
-        let incoming = parse(headers);
-        let span_id = nonzero(&mut rng);
-        let decide = |rng: &mut rand::rngs::ThreadRng| {
-            self.sampling_percent >= 100.0
-                || (self.sampling_percent > 0.0
-                    && rng.random::<f64>() * 100.0 < self.sampling_percent)
+        let (trace_id, parent, sampled, b3) = match parse(headers) {
+            Some(i) => (i.trace_id, Some(i.parent), i.sampled, i.b3),
+            None => (nonzero(&mut rng), None, None, B3::None),
         };
-        let ctx = match &incoming {
-            Some(i) => SpanContext {
-                trace_id: i.trace_id,
-                span_id,
-                parent: Some(i.parent),
-                sampled: i.sampled.unwrap_or_else(|| decide(&mut rng)),
-                start_unix_nanos: 0,
-            },
-            None => SpanContext {
-                trace_id: nonzero(&mut rng),
-                span_id,
-                parent: None,
-                sampled: decide(&mut rng),
-                start_unix_nanos: 0,
-            },
+        let sampled = sampled.unwrap_or_else(|| chance(self.sampling_percent / 100.0));
+        let ctx = SpanContext {
+            trace_id,
+            span_id: nonzero(&mut rng),
+            parent,
+            sampled,
+            start_unix_nanos: if sampled { unix_nanos() } else { 0 },
         };
-        propagate(headers, &ctx, incoming.as_ref().map_or(B3::None, |i| i.b3));
-        SpanContext {
-            start_unix_nanos: if ctx.sampled { unix_nanos() } else { 0 },
-            ..ctx
-        }
+        propagate(headers, &ctx, b3);
+        ctx
     }
 }
 
