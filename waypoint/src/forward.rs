@@ -319,12 +319,7 @@ pub async fn forward(
             "no healthy upstream",
         ));
     }
-    rec.cluster = format!(
-        "outbound|{}|{}|{}",
-        plan.key.port,
-        plan.key.subset.as_deref().unwrap_or_default(),
-        plan.key.host
-    );
+    rec.cluster = Some(plan.cluster.clone());
     let _admission = plan.cluster.admit().await.map_err(|_| {
         Local::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -472,7 +467,7 @@ pub async fn forward(
                 let status = resp.status();
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {
-                        fill_destination(rec, &plan, addr, state);
+                        fill_destination(rec, &plan, addr);
                         let server_side = hyper::upgrade::on(&mut resp);
                         tokio::spawn(splice(client_side, server_side));
                         let (parts, _) = resp.into_parts();
@@ -484,7 +479,7 @@ pub async fn forward(
                     backoff(attempt).await;
                     continue;
                 }
-                fill_destination(rec, &plan, addr, state);
+                fill_destination(rec, &plan, addr);
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers, false);
                 return Ok(Response::from_parts(
@@ -503,7 +498,7 @@ pub async fn forward(
                     backoff(attempt).await;
                     continue;
                 }
-                fill_destination(rec, &plan, addr, state);
+                fill_destination(rec, &plan, addr);
                 let flags = if attempt > 1 {
                     "URX"
                 } else if connect {
@@ -524,7 +519,7 @@ pub async fn forward(
                     backoff(attempt).await;
                     continue;
                 }
-                fill_destination(rec, &plan, addr, state);
+                fill_destination(rec, &plan, addr);
                 return Err(Local::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "UT",
@@ -555,7 +550,7 @@ fn report(inputs: &Inputs, plan: &Plan, addr: SocketAddr, outcome: Outcome, rec:
         inputs
             .metrics
             .ejections
-            .with_label_values(&[&rec.dst_service, &addr.to_string()])
+            .with_label_values(&[&rec.dst_service().to_string(), &addr.to_string()])
             .inc();
     }
 }
@@ -567,14 +562,18 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-fn fill_destination(rec: &mut RequestRecord, plan: &Plan, addr: SocketAddr, state: &MeshState) {
-    rec.upstream = addr.to_string();
-    if let Some((_, w)) = plan.endpoints.iter().find(|(a, _)| *a == addr) {
-        rec.dst_workload = w.canonical_name().to_string();
-        rec.dst_namespace = w.namespace.clone();
-        rec.dst_principal = w.identity(state.trust_domain()).to_string();
-        rec.dst_version = w.labels.get("version").cloned().unwrap_or_default();
-    }
+fn fill_destination(rec: &mut RequestRecord, plan: &Plan, addr: SocketAddr) {
+    rec.upstream = Some(addr);
+    rec.dst = plan
+        .endpoints
+        .iter()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, w)| w.clone());
+}
+
+/// A gRPC status from response headers or trailers.
+pub(crate) fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// Sends a copy to a mirror destination and forgets it: its response is never awaited by
@@ -675,12 +674,8 @@ impl hyper::body::Body for Recorded {
                 self.bytes += d.len() as u64;
             } else if let Some(t) = f.trailers_ref() {
                 // gRPC's status usually arrives in trailers.
-                let status = t
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                if let (Some(s), Some((_, rec, _))) = (status, self.done.as_mut()) {
-                    rec.grpc_status = s;
+                if let (Some(s), Some((_, rec, _))) = (grpc_status(t), self.done.as_mut()) {
+                    rec.grpc_status = Some(s);
                 }
             }
         }

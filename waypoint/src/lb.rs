@@ -30,6 +30,9 @@ struct Health {
 }
 
 pub struct Cluster {
+    /// Envoy's cluster name, `outbound|<port>|<subset>|<host>`: the `destination_cluster`
+    /// label and the access log's `upstream_cluster`.
+    pub name: Box<str>,
     rr: AtomicUsize,
     limits: ConnectionPool,
     /// Requests allowed to run at once (None: unlimited).
@@ -38,6 +41,12 @@ pub struct Cluster {
     pending: AtomicUsize,
     health: Mutex<HashMap<SocketAddr, Health>>,
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
 }
 
 /// The pool limit was reached: Envoy's `UO` (upstream overflow).
@@ -80,7 +89,7 @@ impl Balancer {
         if let Some(c) = clusters.get(key).filter(|c| &c.limits == limits) {
             return c.clone();
         }
-        let c = Arc::new(Cluster::new(limits.clone()));
+        let c = Arc::new(Cluster::new(key, limits.clone()));
         clusters.insert(key.clone(), c.clone());
         c
     }
@@ -89,10 +98,17 @@ impl Balancer {
 // === impl Cluster ===
 
 impl Cluster {
-    fn new(limits: ConnectionPool) -> Self {
+    fn new(key: &ClusterKey, limits: ConnectionPool) -> Self {
         // HTTP/2 caps requests; HTTP/1 caps connections, each carrying one request at a time.
         let cap = limits.http2_max_requests.or(limits.max_connections);
         Cluster {
+            name: format!(
+                "outbound|{}|{}|{}",
+                key.port,
+                key.subset.as_deref().unwrap_or_default(),
+                key.host
+            )
+            .into(),
             rr: AtomicUsize::new(0),
             active: cap.map(|n| Arc::new(Semaphore::new(n as usize))),
             pending: AtomicUsize::new(0),
@@ -262,6 +278,14 @@ mod tests {
     use lanyard_core::traffic::destination_rule::HashOn;
     use std::time::Duration;
 
+    fn key() -> ClusterKey {
+        ClusterKey {
+            host: "backend.demo.svc.cluster.local".into(),
+            subset: Some("v1".into()),
+            port: 80,
+        }
+    }
+
     fn addrs(n: u16) -> Vec<SocketAddr> {
         (0..n)
             .map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i)))
@@ -280,7 +304,7 @@ mod tests {
 
     #[test]
     fn round_robin_visits_every_endpoint_evenly() {
-        let c = Cluster::new(ConnectionPool::default());
+        let c = Cluster::new(&key(), ConnectionPool::default());
         let a = addrs(3);
         let mut seen = HashMap::new();
         for _ in 0..300 {
@@ -293,7 +317,7 @@ mod tests {
 
     #[test]
     fn consistent_hash_is_sticky_per_key_and_spreads_keys() {
-        let c = Cluster::new(ConnectionPool::default());
+        let c = Cluster::new(&key(), ConnectionPool::default());
         let a = addrs(4);
         let lb = LoadBalancer::ConsistentHash(HashOn::Header("x-user".into()));
         let first = c.pick(&a, &lb, Some("alice"), None);
@@ -308,7 +332,7 @@ mod tests {
 
     #[test]
     fn consecutive_5xx_eject_within_max_percent_and_a_success_resets() {
-        let c = Cluster::new(ConnectionPool::default());
+        let c = Cluster::new(&key(), ConnectionPool::default());
         let a = addrs(2);
         let od = od(2, 10);
         assert!(!c.report(a[0], Outcome::Status(503), Some(&od), 2));
@@ -334,7 +358,7 @@ mod tests {
 
     #[test]
     fn all_ejected_means_all_serve_and_retries_avoid_the_last_choice() {
-        let c = Cluster::new(ConnectionPool::default());
+        let c = Cluster::new(&key(), ConnectionPool::default());
         let a = addrs(1);
         c.report(a[0], Outcome::Status(503), Some(&od(1, 100)), 1);
         assert_eq!(
@@ -353,11 +377,14 @@ mod tests {
 
     #[tokio::test]
     async fn pool_limits_queue_then_overflow() {
-        let c = Arc::new(Cluster::new(ConnectionPool {
-            max_connections: Some(1),
-            http1_max_pending: Some(1),
-            ..Default::default()
-        }));
+        let c = Arc::new(Cluster::new(
+            &key(),
+            ConnectionPool {
+                max_connections: Some(1),
+                http1_max_pending: Some(1),
+                ..Default::default()
+            },
+        ));
         let running = c.admit().await.unwrap();
         let c2 = c.clone();
         let waiting = tokio::spawn(async move { c2.admit().await.map(|_| ()) });

@@ -1,12 +1,24 @@
 //! Istio's request metrics as a waypoint reports them (`reporter="waypoint"`), on an explicit
 //! registry, and one JSON access-log line per request.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
 use lanyard_core::access_log::AccessLog;
 use lanyard_core::identity::Identity;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use lanyard_core::state::{MeshState, Service, Workload};
+use lanyard_core::traffic::virtual_service::VirtualService;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 use serde::Serialize;
+
+use crate::lb::Cluster;
 
 use crate::otlp::SpanSink;
 use crate::trace::SpanContext;
@@ -44,6 +56,10 @@ pub struct Metrics {
     duration: HistogramVec,
     request_bytes: HistogramVec,
     response_bytes: HistogramVec,
+    /// The four series of each label set seen, by the objects the labels are read from: a
+    /// request costs one lookup here instead of formatting 18 labels and hashing them four
+    /// times.
+    series: Mutex<SeriesCache>,
     /// Routes with fault injection configured, per VirtualService: a fault left on shows.
     pub faults_active: IntGaugeVec,
     /// Requests refused by authorization, with the deciding policy.
@@ -54,34 +70,35 @@ pub struct Metrics {
     spans: Option<SpanSink>,
 }
 
-/// Everything one request's metrics and log line say.
+/// Everything one request's metrics and log line say. Names are read, when written, from
+/// the objects of the mesh state the request was routed with: recording a request formats
+/// nothing unless its label set is new.
 #[derive(Debug, Default, Clone)]
 pub struct RequestRecord {
-    pub src_workload: String,
-    pub src_namespace: String,
+    /// The state the names below come from (trust and cluster domains).
+    pub state: Option<Arc<MeshState>>,
+    /// The client's workload, when it is in the mesh.
+    pub src: Option<Arc<Workload>>,
     /// The client's address: the tunnel's source.
     pub src_ip: Option<IpAddr>,
     /// The tunnel peer; its URI is the `source_principal` label.
     pub src_principal: Option<Identity>,
-    pub src_version: String,
-    pub dst_workload: String,
-    pub dst_namespace: String,
-    pub dst_principal: String,
-    pub dst_version: String,
-    pub dst_service: String,
-    pub dst_service_name: String,
-    pub dst_service_namespace: String,
+    /// The service the request was addressed to.
+    pub service: Option<Arc<Service>>,
+    /// The endpoint that answered (or last failed).
+    pub dst: Option<Arc<Workload>>,
+    pub upstream: Option<SocketAddr>,
+    pub cluster: Option<Arc<Cluster>>,
     pub protocol: &'static str,
     pub code: u16,
     pub flags: &'static str,
-    pub grpc_status: String,
-    pub cluster: String,
-    pub method: String,
-    pub path: String,
+    pub grpc_status: Option<u32>,
+    pub method: Method,
+    pub path: Option<PathAndQuery>,
     pub authority: String,
-    pub request_id: String,
-    pub upstream: String,
-    pub route: String,
+    pub request_id: Option<HeaderValue>,
+    /// The VirtualService and the index of its HTTP route that matched.
+    pub route: Option<(Arc<VirtualService>, usize)>,
     pub policy: String,
     pub attempts: u32,
     pub request_bytes: u64,
@@ -91,11 +108,148 @@ pub struct RequestRecord {
     pub span: Option<SpanContext>,
 }
 
+// === impl RequestRecord ===
+
 impl RequestRecord {
     pub fn src_principal(&self) -> &str {
         self.src_principal.as_ref().map_or("", |id| id.uri())
     }
+
+    fn cluster_domain(&self) -> &str {
+        self.state
+            .as_ref()
+            .map_or(DEFAULT_CLUSTER_DOMAIN, |s| s.cluster_domain())
+    }
+
+    /// `destination_service`: the service's host name; empty for workload-addressed traffic.
+    pub fn dst_service(&self) -> Lazy<'_> {
+        Lazy::ServiceHost(self.service.as_deref(), self.cluster_domain())
+    }
+
+    pub fn dst_principal(&self) -> Option<Identity> {
+        let td = self.state.as_ref()?.trust_domain();
+        Some(self.dst.as_ref()?.identity(td))
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.as_ref().map_or("", |p| p.as_str())
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn cluster_name(&self) -> &str {
+        self.cluster.as_ref().map_or("", |c| &c.name)
+    }
+
+    /// `<namespace>/<name>#<route name or index>` of the route that matched.
+    pub fn route(&self) -> Lazy<'_> {
+        Lazy::Route(self.route.as_ref().map(|(vs, i)| (&**vs, *i)))
+    }
+
+    pub fn upstream(&self) -> Lazy<'_> {
+        Lazy::Addr(self.upstream)
+    }
 }
+
+/// Kubernetes' default, for records made without a mesh state (tests).
+const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// A record's field that is written out only when needed (a log line, a new label set).
+pub enum Lazy<'a> {
+    ServiceHost(Option<&'a Service>, &'a str),
+    Route(Option<(&'a VirtualService, usize)>),
+    Addr(Option<SocketAddr>),
+    Code(Option<u32>),
+}
+
+impl fmt::Display for Lazy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lazy::ServiceHost(None, _)
+            | Lazy::Route(None)
+            | Lazy::Addr(None)
+            | Lazy::Code(None) => Ok(()),
+            Lazy::Code(Some(c)) => write!(f, "{c}"),
+            Lazy::ServiceHost(Some(s), domain) => match &s.host {
+                Some(h) => f.write_str(h),
+                None => write!(f, "{}.{}.svc.{domain}", s.name, s.namespace),
+            },
+            Lazy::Route(Some((vs, i))) => match vs.http.get(*i).and_then(|r| r.name.as_ref()) {
+                Some(name) => write!(f, "{}/{}#{name}", vs.namespace, vs.name),
+                None => write!(f, "{}/{}#{i}", vs.namespace, vs.name),
+            },
+            Lazy::Addr(Some(a)) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl Serialize for Lazy<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a request's label values are read from. Objects compare by address; the cache holds
+/// them, so an address is not reused while its entry lives.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    src: Option<ByAddress<Workload>>,
+    principal: Option<Identity>,
+    service: Option<ByAddress<Service>>,
+    dst: Option<ByAddress<Workload>>,
+    cluster: Option<ByAddress<Cluster>>,
+    protocol: &'static str,
+    code: u16,
+    flags: &'static str,
+    grpc_status: Option<u32>,
+}
+
+struct ByAddress<T>(Arc<T>);
+
+impl<T> Clone for ByAddress<T> {
+    fn clone(&self) -> Self {
+        ByAddress(self.0.clone())
+    }
+}
+
+impl<T> PartialEq for ByAddress<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for ByAddress<T> {}
+
+impl<T> Hash for ByAddress<T> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        Arc::as_ptr(&self.0).hash(h)
+    }
+}
+
+/// One label set's series.
+#[derive(Clone)]
+struct Series {
+    requests: IntCounter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// Series by label-set key, for one mesh state: a new state starts an empty cache, so
+/// names never come from objects a config update replaced. Bounded: past `MAX_SERIES` keys
+/// it starts over (the series themselves stay registered).
+#[derive(Default)]
+struct SeriesCache {
+    state: Option<Arc<MeshState>>,
+    by_key: HashMap<SeriesKey, Series, foldhash::fast::RandomState>,
+}
+
+const MAX_SERIES: usize = 4096;
 
 fn or_unknown(s: &str) -> &str {
     if s.is_empty() {
@@ -182,6 +336,7 @@ impl Metrics {
             duration,
             request_bytes,
             response_bytes,
+            series: Mutex::new(SeriesCache::default()),
             faults_active,
             denied,
             ejections,
@@ -193,46 +348,92 @@ impl Metrics {
     /// Counts a finished request, writes its access-log line and exports its span if
     /// sampled.
     pub fn record(&self, r: RequestRecord) {
-        let code = r.code.to_string();
-        let values: [&str; 18] = [
-            "waypoint",
-            or_unknown(&r.src_workload),
-            or_unknown(&r.src_namespace),
-            or_unknown(r.src_principal()),
-            or_unknown(&r.src_version),
-            or_unknown(&r.dst_workload),
-            or_unknown(&r.dst_namespace),
-            or_unknown(&r.dst_principal),
-            or_unknown(&r.dst_version),
-            or_unknown(&r.dst_service),
-            or_unknown(&r.dst_service_name),
-            or_unknown(&r.dst_service_namespace),
-            r.protocol,
-            &code,
-            r.flags,
-            if r.grpc_status.is_empty() {
-                "-"
-            } else {
-                &r.grpc_status
-            },
-            "mutual_tls",
-            or_unknown(&r.cluster),
-        ];
-        self.requests.with_label_values(&values).inc();
-        self.duration
-            .with_label_values(&values)
-            .observe(r.duration_ms);
-        self.request_bytes
-            .with_label_values(&values)
-            .observe(r.request_bytes as f64);
-        self.response_bytes
-            .with_label_values(&values)
-            .observe(r.response_bytes as f64);
+        let series = self.series(&r);
+        series.requests.inc();
+        series.duration.observe(r.duration_ms);
+        series.request_bytes.observe(r.request_bytes as f64);
+        series.response_bytes.observe(r.response_bytes as f64);
         self.access_log.write("request", &AccessEntry::from(&r));
         if let (Some(spans), Some(ctx)) = (&self.spans, r.span) {
             if ctx.sampled {
                 spans.send(ctx, r);
             }
+        }
+    }
+
+    fn series(&self, r: &RequestRecord) -> Series {
+        let key = SeriesKey {
+            src: r.src.clone().map(ByAddress),
+            principal: r.src_principal.clone(),
+            service: r.service.clone().map(ByAddress),
+            dst: r.dst.clone().map(ByAddress),
+            cluster: r.cluster.clone().map(ByAddress),
+            protocol: r.protocol,
+            code: r.code,
+            flags: r.flags,
+            grpc_status: r.grpc_status,
+        };
+        let mut cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let same_state = match (&cache.state, &r.state) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_state || cache.by_key.len() >= MAX_SERIES {
+            cache.by_key.clear();
+            cache.state = r.state.clone();
+        }
+        if let Some(s) = cache.by_key.get(&key) {
+            return s.clone();
+        }
+        let s = self.new_series(r);
+        cache.by_key.insert(key, s.clone());
+        s
+    }
+
+    /// Istio's label values for the request's label set; only for a set not seen before.
+    fn new_series(&self, r: &RequestRecord) -> Series {
+        fn version(w: &Option<Arc<Workload>>) -> &str {
+            w.as_ref()
+                .and_then(|w| w.labels.get("version"))
+                .map_or("unknown", |v| or_unknown(v))
+        }
+        let (src, dst) = (r.src.as_deref(), r.dst.as_deref());
+        let service = r.dst_service().to_string();
+        let dst_principal = r.dst_principal();
+        let code = r.code.to_string();
+        let grpc = r
+            .grpc_status
+            .map_or_else(|| "-".to_string(), |s| s.to_string());
+        let values: [&str; 18] = [
+            "waypoint",
+            src.map_or("unknown", |w| or_unknown(w.canonical_name())),
+            src.map_or("unknown", |w| or_unknown(&w.namespace)),
+            or_unknown(r.src_principal()),
+            version(&r.src),
+            dst.map_or("unknown", |w| or_unknown(w.canonical_name())),
+            dst.map_or("unknown", |w| or_unknown(&w.namespace)),
+            dst_principal.as_ref().map_or("unknown", |id| id.uri()),
+            version(&r.dst),
+            or_unknown(&service),
+            r.service
+                .as_ref()
+                .map_or("unknown", |s| or_unknown(&s.name)),
+            r.service
+                .as_ref()
+                .map_or("unknown", |s| or_unknown(&s.namespace)),
+            r.protocol,
+            &code,
+            r.flags,
+            &grpc,
+            "mutual_tls",
+            or_unknown(r.cluster_name()),
+        ];
+        Series {
+            requests: self.requests.with_label_values(&values),
+            duration: self.duration.with_label_values(&values),
+            request_bytes: self.request_bytes.with_label_values(&values),
+            response_bytes: self.response_bytes.with_label_values(&values),
         }
     }
 }
@@ -247,15 +448,15 @@ struct AccessEntry<'a> {
     protocol: &'a str,
     response_code: u16,
     response_flags: &'a str,
-    grpc_status: &'a str,
+    grpc_status: Lazy<'a>,
     duration_ms: f64,
     attempts: u32,
-    upstream: &'a str,
-    route: &'a str,
+    upstream: Lazy<'a>,
+    route: Lazy<'a>,
     policy: &'a str,
     src_principal: &'a str,
     src_workload: &'a str,
-    dst_service: &'a str,
+    dst_service: Lazy<'a>,
     dst_workload: &'a str,
     request_bytes: u64,
     response_bytes: u64,
@@ -264,25 +465,28 @@ struct AccessEntry<'a> {
 impl<'a> From<&'a RequestRecord> for AccessEntry<'a> {
     fn from(r: &'a RequestRecord) -> Self {
         Self {
-            request_id: &r.request_id,
-            method: &r.method,
-            path: &r.path,
+            request_id: r.request_id(),
+            method: r.method.as_str(),
+            path: r.path(),
             authority: &r.authority,
             protocol: r.protocol,
             response_code: r.code,
             response_flags: r.flags,
-            grpc_status: &r.grpc_status,
+            grpc_status: Lazy::Code(r.grpc_status),
             duration_ms: r.duration_ms,
             attempts: r.attempts,
-            upstream: &r.upstream,
-            route: &r.route,
+            upstream: r.upstream(),
+            route: r.route(),
             policy: &r.policy,
             src_principal: r.src_principal(),
-            src_workload: &r.src_workload,
-            dst_service: &r.dst_service,
-            dst_workload: &r.dst_workload,
+            src_workload: r.src.as_ref().map_or("", |w| w.canonical_name()),
+            dst_service: r.dst_service(),
+            dst_workload: r.dst.as_ref().map_or("", |w| w.canonical_name()),
             request_bytes: r.request_bytes,
             response_bytes: r.response_bytes,
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -197,27 +197,26 @@ fn kv_int(key: &str, value: i64) -> KeyValue {
 /// A request's span with the tags Istio's proxies put on theirs, so that existing trace
 /// searches (`http.status_code=503`, `response_flags=UO`) find waypoint spans too.
 fn span(ctx: &SpanContext, r: &RequestRecord, end_unix_nanos: u64) -> Span {
-    let host = if r.dst_service.is_empty() {
-        r.authority.as_str()
-    } else {
-        r.dst_service.as_str()
+    let host = match r.service {
+        Some(_) => r.dst_service().to_string(),
+        None => r.authority.clone(),
     };
     let mut attributes = vec![
         kv("component", "proxy"),
-        kv("http.method", &r.method),
-        kv("http.url", &format!("http://{}{}", r.authority, r.path)),
+        kv("http.method", r.method.as_str()),
+        kv("http.url", &format!("http://{}{}", r.authority, r.path())),
         kv("http.protocol", r.protocol),
         kv_int("http.status_code", r.code.into()),
         kv("response_flags", r.flags),
-        kv("guid:x-request-id", &r.request_id),
-        kv("upstream_cluster", &r.cluster),
-        kv("upstream_address", &r.upstream),
+        kv("guid:x-request-id", r.request_id()),
+        kv("upstream_cluster", r.cluster_name()),
+        kv("upstream_address", &r.upstream().to_string()),
         kv("istio.source_principal", r.src_principal()),
         kv_int("request_size", r.request_bytes as i64),
         kv_int("response_size", r.response_bytes as i64),
     ];
-    if !r.grpc_status.is_empty() {
-        attributes.push(kv("grpc.status_code", &r.grpc_status));
+    if let Some(s) = r.grpc_status {
+        attributes.push(kv("grpc.status_code", &s.to_string()));
     }
     let error = r.code >= 500 || r.code == 0;
     Span {

@@ -77,12 +77,8 @@ pub async fn handle(
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
     let mut rec = RequestRecord {
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
+        method: req.method().clone(),
+        path: req.uri().path_and_query().cloned(),
         protocol: if grpc { "grpc" } else { down.protocol },
         src_ip: Some(down.src_ip),
         src_principal: Some(down.src_id.clone()),
@@ -98,12 +94,8 @@ pub async fn handle(
     rec.flags = if flags.is_empty() { "-" } else { flags };
     rec.code = resp.status().as_u16();
     if grpc {
-        if let Some(s) = resp
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-        {
-            rec.grpc_status = s.to_string();
+        if let Some(s) = forward::grpc_status(resp.headers()) {
+            rec.grpc_status = Some(s);
         }
     }
     Ok(forward::record_on_finish(
@@ -127,22 +119,16 @@ async fn route(
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, Local> {
     let state = inputs.state.borrow().clone();
+    rec.state = Some(state.clone());
     let config = &inputs.config;
-    let request_id = match req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) => id.to_string(),
+    rec.request_id = Some(match req.headers().get("x-request-id") {
+        Some(id) => id.clone(),
         None => {
             let id = new_request_id();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                req.headers_mut().insert("x-request-id", v);
-            }
+            req.headers_mut().insert("x-request-id", id.clone());
             id
         }
-    };
-    rec.request_id = request_id;
+    });
     if config.otlp_endpoint.is_some() {
         rec.span = Some(config.tracing.start(req.headers_mut()));
     }
@@ -159,11 +145,7 @@ async fn route(
         .unwrap_or_else(|| down.authority.to_string());
     rec.authority = authority.clone();
     if let IpAddr::V4(ip) = down.src_ip {
-        if let Some(w) = state.workload_by_ip(ip) {
-            rec.src_workload = w.canonical_name().to_string();
-            rec.src_namespace = w.namespace.clone();
-            rec.src_version = w.labels.get("version").cloned().unwrap_or_default();
-        }
+        rec.src = state.workload_by_ip(ip).cloned();
     }
     let target = Target::resolve(&state, down.authority).ok_or_else(|| {
         Local::new(
@@ -179,11 +161,7 @@ async fn route(
         Target::Service(s) => Some(s.clone()),
         Target::Workload(_) => None,
     };
-    if let Some(s) = &svc {
-        rec.dst_service = s.hostname(state.cluster_domain());
-        rec.dst_service_name = s.name.clone();
-        rec.dst_service_namespace = s.namespace.clone();
-    }
+    rec.service = svc.clone();
 
     // Authorization sees the real client: the tunnel's peer identity and address.
     let waypoint = &config.waypoint;
@@ -228,7 +206,11 @@ async fn route(
             inputs
                 .metrics
                 .denied
-                .with_label_values(&[&rec.dst_service, &policy, decision.reason.label()])
+                .with_label_values(&[
+                    &rec.dst_service().to_string(),
+                    &policy,
+                    decision.reason.label(),
+                ])
                 .inc();
             rec.policy = decision.reason.to_string();
             let mut l = Local::new(StatusCode::FORBIDDEN, "-", "RBAC: access denied");
@@ -246,8 +228,7 @@ async fn route(
         return forward::forward(inputs, &state, plan, req, rec).await;
     };
     let host = svc.hostname(state.cluster_domain());
-    let vs = state.virtual_service_for(&host).cloned();
-    let Some(vs) = vs else {
+    let Some(vs) = state.virtual_service_for(&host).cloned() else {
         let default = WeightedDestination {
             destination: lanyard_core::traffic::virtual_service::Destination {
                 host: host.clone(),
@@ -272,7 +253,7 @@ async fn route(
             source_namespace: Some(down.src_id.namespace()),
         };
         match vs.route(&view) {
-            Some((i, r)) => (i, r.clone()),
+            Some(found) => found,
             None => {
                 return Err(Local::new(
                     StatusCode::NOT_FOUND,
@@ -285,12 +266,7 @@ async fn route(
             }
         }
     };
-    rec.route = format!(
-        "{}/{}#{}",
-        vs.namespace,
-        vs.name,
-        http_route.name.clone().unwrap_or_else(|| idx.to_string())
-    );
+    rec.route = Some((vs.clone(), idx));
 
     if let Some(cors) = &http_route.cors {
         if let Some(resp) = preflight(cors, &req) {
@@ -325,7 +301,7 @@ async fn route(
                 Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(&host)),
                 None => host,
             };
-            let path = rd.uri.clone().unwrap_or_else(|| rec.path.clone());
+            let path = rd.uri.clone().unwrap_or_else(|| rec.path().to_string());
             let mut r = Response::new(local::empty());
             *r.status_mut() = rd.code;
             if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{path}")) {
@@ -346,13 +322,13 @@ async fn route(
         inputs,
         &state,
         chosen,
-        Some(&http_route),
+        Some(http_route),
         down.authority.port(),
     )?;
     apply(&http_route.headers.request, req.headers_mut());
     apply(&chosen.headers.request, req.headers_mut());
     if let Some(rw) = &http_route.rewrite {
-        rewrite(&mut req, rw, &http_route, &authority);
+        rewrite(&mut req, rw, http_route, &authority);
     }
     let mut resp = forward::forward(inputs, &state, plan, req, rec).await?;
     apply(&chosen.headers.response, resp.headers_mut());
@@ -501,14 +477,43 @@ fn cors_headers(cors: &Cors, origin: &HeaderValue, h: &mut HeaderMap) {
     }
 }
 
-fn new_request_id() -> String {
-    let b: [u8; 16] = rand::rng().random();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_be_bytes([b[4], b[5]]),
-        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
-        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
-        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
-    )
+/// A random (version 4) UUID, as Envoy generates for `x-request-id`.
+fn new_request_id() -> HeaderValue {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[usize::from(byte >> 4)];
+        out[o + 1] = HEX[usize::from(byte & 0x0f)];
+        o += 2;
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap();
+        let groups: Vec<&str> = s.split('-').collect();
+        let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        assert_eq!(lens, [8, 4, 4, 4, 12], "{s}");
+        assert!(s.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{s}");
+        assert!(groups[2].starts_with('4'), "version 4: {s}");
+        assert!(
+            matches!(&groups[3][..1], "8" | "9" | "a" | "b"),
+            "RFC 4122 variant: {s}"
+        );
+    }
 }

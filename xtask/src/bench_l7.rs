@@ -148,7 +148,14 @@ pub fn l7() -> Result<()> {
         }
     }
     crate::bench::use_release_binaries()?;
+    // Extra waypoint flags, to compare configurations of one build (e.g. `--worker-threads 1`).
+    let extra = std::env::var("LANYARD_BENCH_WAYPOINT_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    if !extra.is_empty() {
+        eprintln!("waypoint flags: {extra:?}");
+    }
     let mut mesh = Mesh::builder("benc7")
+        .waypoint_args(&extra)
         .nodes(2)
         .namespace("bench", false)
         .namespace("edge", false)

@@ -1,5 +1,6 @@
 use std::sync::{Arc, Mutex};
 
+use lanyard_core::state::{EndpointSource, Service};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -70,15 +71,24 @@ fn ctx(n: u8) -> SpanContext {
 }
 
 fn record(code: u16) -> RequestRecord {
+    let service = Service {
+        name: "backend".into(),
+        namespace: "demo".into(),
+        host: None,
+        vips: vec![],
+        ports: vec![],
+        endpoints: EndpointSource::Slices,
+        labels: Default::default(),
+    };
     RequestRecord {
-        method: "GET".into(),
-        path: "/hello?x=1".into(),
+        method: http::Method::GET,
+        path: Some(http::uri::PathAndQuery::from_static("/hello?x=1")),
         authority: "backend".into(),
-        dst_service: "backend.demo.svc.cluster.local".into(),
+        service: Some(Arc::new(service)),
         protocol: "http",
         code,
         flags: "-",
-        request_id: "rid".into(),
+        request_id: Some(http::HeaderValue::from_static("rid")),
         ..Default::default()
     }
 }
