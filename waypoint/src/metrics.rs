@@ -175,10 +175,7 @@ impl fmt::Display for Lazy<'_> {
             | Lazy::Addr(None)
             | Lazy::Code(None) => Ok(()),
             Lazy::Code(Some(c)) => write!(f, "{c}"),
-            Lazy::ServiceHost(Some(s), domain) => match &s.host {
-                Some(h) => f.write_str(h),
-                None => write!(f, "{}.{}.svc.{domain}", s.name, s.namespace),
-            },
+            Lazy::ServiceHost(Some(s), domain) => s.write_hostname(domain).fmt(f),
             Lazy::Route(Some((vs, i))) => match vs.http.get(*i).and_then(|r| r.name.as_ref()) {
                 Some(name) => write!(f, "{}/{}#{name}", vs.namespace, vs.name),
                 None => write!(f, "{}/{}#{i}", vs.namespace, vs.name),

@@ -1,6 +1,7 @@
 //! A Service: virtual IPs, ports, and the selector that picks its endpoints.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::config::k8s::{IntOrString, Service as K8sService};
@@ -90,10 +91,13 @@ pub struct Service {
 impl Service {
     /// `name.namespace.svc.<domain>`, as Istio's `destination_service` label shows it.
     pub fn hostname(&self, cluster_domain: &str) -> String {
-        match &self.host {
-            Some(h) => h.clone(),
-            None => format!("{}.{}.svc.{}", self.name, self.namespace, cluster_domain),
-        }
+        self.write_hostname(cluster_domain).to_string()
+    }
+
+    /// The host name, written where it is displayed instead of into a new string (the
+    /// waypoint writes it into each request's log line).
+    pub fn write_hostname<'a>(&'a self, cluster_domain: &'a str) -> impl fmt::Display + 'a {
+        HostName(self, cluster_domain)
     }
 
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
@@ -178,5 +182,17 @@ impl Service {
             },
             labels: svc.metadata.labels.clone().unwrap_or_default(),
         })
+    }
+}
+
+struct HostName<'a>(&'a Service, &'a str);
+
+impl fmt::Display for HostName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let HostName(s, domain) = self;
+        match &s.host {
+            Some(h) => f.write_str(h),
+            None => write!(f, "{}.{}.svc.{domain}", s.name, s.namespace),
+        }
     }
 }
