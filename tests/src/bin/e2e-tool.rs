@@ -10,7 +10,9 @@
 //! - `chat --addr A --rounds N --interval-ms M`: one long-lived connection, N round trips;
 //! - `send --addr A --text T`: sends T, half-closes, prints what came back;
 //! - `http-server --port P --size N`: keep-alive HTTP/1.1, N-byte responses (benchmarks);
-//! - `hold-server --port P` / `hold --addr A --count N`: N idle connections (benchmarks);
+//! - `hold-server --port P` / `hold --addr A --count N`: N idle connections (benchmarks); the
+//!   server greets each with one byte, which the client reads before it reports, so a held
+//!   connection is established end to end, not only accepted by a proxy on the way;
 //! - `stall-server --port P`: a listener whose accept queue is full, so that connection
 //!   attempts hang unanswered (connect timeouts).
 
@@ -236,15 +238,17 @@ fn main() {
             }
         }
         Some("hold-server") => {
-            // Accepts and keeps every connection open, without a thread each.
+            // Accepts, greets and keeps every connection open, without a thread each.
             let port: u16 = arg(&args, "--port").unwrap().parse().unwrap();
             let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
             // SAFETY: as above.
             unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 4096) };
             println!("listening");
             let mut held = Vec::new();
-            for s in l.incoming().flatten() {
-                held.push(s);
+            for mut s in l.incoming().flatten() {
+                if s.write_all(b"h").is_ok() {
+                    held.push(s);
+                }
             }
         }
         Some("hold") => {
@@ -256,6 +260,14 @@ fn main() {
                 match TcpStream::connect_timeout(&addr, timeout) {
                     Ok(s) => held.push(s),
                     Err(e) => fail(&format!("connection {i}: {e}")),
+                }
+            }
+            // Connected only says the first hop accepted; the greeting says the server did.
+            for (i, s) in held.iter_mut().enumerate() {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                let mut greeting = [0u8; 1];
+                if let Err(e) = s.read_exact(&mut greeting) {
+                    fail(&format!("connection {i}: no greeting from the server: {e}"));
                 }
             }
             println!("held={}", held.len());
