@@ -28,6 +28,8 @@ pub enum Error {
     Prepare { command: String, detail: String },
 }
 
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// A listener bound in `netns`.
 pub fn listen(netns: &Netns, addr: SocketAddr) -> Result<TcpListener, Error> {
     let std = netns.run(|| -> std::io::Result<std::net::TcpListener> {
@@ -35,7 +37,11 @@ pub fn listen(netns: &Netns, addr: SocketAddr) -> Result<TcpListener, Error> {
         s.set_reuse_address(true)?;
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
-        s.listen(1024)?;
+        // One listener takes a pod's whole burst of connections while the accept loop shares
+        // the runtime with every tunnel; past the queue, SYNs are dropped and clients wait a
+        // one-second retransmit (seen with 1024 at 10k connections opened at once). The
+        // kernel caps this at net.core.somaxconn.
+        s.listen(LISTEN_BACKLOG)?;
         Ok(s.into())
     })??;
     Ok(TcpListener::from_std(std)?)
