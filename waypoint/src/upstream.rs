@@ -211,7 +211,7 @@ impl ConnectorInner {
         let mut conns = self.pool.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(&addr)?;
         list.retain(|(c, _)| !c.is_closed());
-        let (c, used) = list.iter_mut().find(|(c, _)| c.active_streams() < max)?;
+        let (c, used) = list.iter_mut().find(|(c, _)| c.has_room(max))?;
         *used = Instant::now();
         Some(c.clone())
     }

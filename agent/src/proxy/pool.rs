@@ -141,11 +141,7 @@ impl Pool {
         let slot = slots.entry(key.clone()).or_default();
         slot.conns.retain(|e| !e.conn.is_closed());
         let max = self.settings.max_streams as usize;
-        if let Some(entry) = slot
-            .conns
-            .iter_mut()
-            .find(|e| e.conn.active_streams() < max)
-        {
+        if let Some(entry) = slot.conns.iter_mut().find(|e| e.conn.has_room(max)) {
             entry.last_used = Instant::now();
             // Reserved before the lock is released, so a burst spreads over connections.
             return Next::Ready(entry.conn.clone(), entry.conn.reserve());

@@ -124,6 +124,14 @@ impl Connection {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Whether another stream fits: fewer than `max` are open, and fewer than the peer
+    /// allows (its SETTINGS can say less than we would use; a stream past that limit
+    /// would wait inside HTTP/2 for another to end, which for a tunnel can be hours).
+    pub fn has_room(&self, max: usize) -> bool {
+        let active = self.active_streams();
+        active < max && active < self.send.current_max_send_streams()
+    }
+
     pub fn is_closed(&self) -> bool {
         *self.closed.borrow()
     }
