@@ -326,6 +326,7 @@ mod tests {
             ready: true,
             host_network: false,
             external: false,
+            identity: Default::default(),
         })
     }
 

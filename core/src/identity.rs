@@ -57,6 +57,12 @@ impl Identity {
         &self.0.uri
     }
 
+    /// Whether both are the same value, not only equal ones.
+    #[cfg(test)]
+    pub(crate) fn same_allocation(&self, other: &Identity) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The URI form without `spiffe://`, as AuthorizationPolicy `principals` write it.
     pub fn principal(&self) -> &str {
         &self.0.uri[SCHEME.len()..]

@@ -47,14 +47,14 @@ async fn an_idle_tunnel_releases_its_read_buffer_after_traffic() {
     let (got_tx, mut got) = mpsc::channel::<usize>(16);
     tokio::spawn(hbone::serve(server_io, settings, move |req| {
         let got = got_tx.clone();
-        async move {
+        tokio::spawn(async move {
             let mut stream = req.accept().unwrap();
             while let Some(Ok(chunk)) = stream.recv.data().await {
                 let _ = stream.recv.flow_control().release_capacity(chunk.len());
                 let _ = got.send(chunk.len()).await;
             }
             drop(stream.send);
-        }
+        });
     }));
     let conn = hbone::handshake(client_io, settings).await.unwrap();
     let authority: SocketAddr = "10.0.0.1:80".parse().unwrap();

@@ -61,7 +61,7 @@ async fn connection(
     };
     let result = hbone::serve(tls, config.hbone, |req| {
         let span = info_span!("tunnel", authority = %req.authority, src = %peer_id);
-        tunnel(inputs.clone(), peer, peer_id.clone(), req).instrument(span)
+        tokio::spawn(tunnel(inputs.clone(), peer, peer_id.clone(), req).instrument(span));
     })
     .await;
     if let Err(e) = result {

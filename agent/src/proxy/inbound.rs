@@ -3,15 +3,15 @@
 
 use std::future::{poll_fn, Future};
 use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use lanyard_core::hbone::{self, Copied, InboundRequest, Tunnel};
 use lanyard_core::identity::Identity;
+use lanyard_core::runtime::spawn_in;
 use lanyard_core::tls;
 use tokio::net::TcpStream;
-use tracing::{debug, debug_span, Instrument};
+use tracing::{debug, debug_span};
 
 use lanyard_core::policy::authz::Reason;
 
@@ -51,7 +51,10 @@ pub(super) async fn serve_connection(pod: Arc<PodCtx>, _id: u64, tcp: TcpStream,
         let id = pod.inputs.next_id();
         // Debug level, as the connection's span (see `accept_loop`).
         let span = debug_span!("tunnel", id, authority = %req.authority);
-        handle_stream(pod.clone(), id, src_ip, peer_id.clone(), req).instrument(span)
+        spawn_in(
+            span,
+            handle_stream(pod.clone(), id, src_ip, peer_id.clone(), req),
+        );
     })
     .await;
     if let Err(e) = result {
@@ -76,10 +79,9 @@ pub(super) fn handle_stream(
             return;
         };
         let mut copied = Copied::default();
-        let mut revoked = pin!(a.tracked.cancel.cancelled());
         // Here the TCP side is the server: what it sends goes to the client.
         let result = poll_fn(|cx| {
-            if revoked.as_mut().poll(cx).is_ready() {
+            if a.tracked.poll_revoked(cx).is_ready() {
                 return Poll::Ready(Err(Error::Revoked));
             }
             a.tunnel

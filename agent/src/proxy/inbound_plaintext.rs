@@ -63,7 +63,7 @@ pub(super) async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, pee
     };
     let result = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut app) => r.map_err(Error::Io),
-        _ = tracked.cancel.cancelled() => Err(Error::Revoked),
+        _ = tracked.revoked() => Err(Error::Revoked),
     };
     match result {
         Ok((from_client, to_client)) => record.close(from_client, to_client, "-", None),

@@ -1,6 +1,5 @@
 //! The HBONE server side: HTTP/2 over an established TLS session, one `CONNECT` per stream.
 
-use std::future::Future;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -37,13 +36,12 @@ impl InboundRequest {
     }
 }
 
-/// Serves one HBONE connection: every valid `CONNECT` goes to `handler` on its own task;
-/// anything else is answered 400 here.
-pub async fn serve<IO, H, F>(io: IO, settings: Settings, handler: H) -> Result<(), Error>
+/// Serves one HBONE connection: every valid `CONNECT` goes to `handler`, which starts the
+/// tunnel's own task; anything else is answered 400 here.
+pub async fn serve<IO, H>(io: IO, settings: Settings, handler: H) -> Result<(), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(InboundRequest) -> F,
-    F: Future<Output = ()> + Send + 'static,
+    H: Fn(InboundRequest),
 {
     let mut conn = h2::server::Builder::new()
         .initial_window_size(settings.stream_window)
@@ -62,12 +60,12 @@ where
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
         match (parts.method == Method::CONNECT, authority) {
             (true, Some(authority)) => {
-                tokio::spawn(handler(InboundRequest {
+                handler(InboundRequest {
                     authority,
                     headers: parts.headers,
                     respond,
                     recv,
-                }));
+                });
             }
             _ => {
                 debug!(method = %parts.method, uri = %parts.uri, "HBONE request is not CONNECT to ip:port");

@@ -37,11 +37,13 @@ async fn hbone_server(server_cert: Arc<WorkloadCert>) -> std::net::SocketAddr {
                     return;
                 };
                 assert_eq!(peer.to_string(), "spiffe://cluster.local/ns/a/sa/client");
-                let _ = serve(tls, Settings::default(), |req: InboundRequest| async move {
-                    let mut upstream = TcpStream::connect(req.authority).await.unwrap();
-                    let stream = req.accept().unwrap();
-                    let mut copied = Copied::default();
-                    let _ = copy_bidirectional(&mut upstream, stream, &mut copied).await;
+                let _ = serve(tls, Settings::default(), |req: InboundRequest| {
+                    tokio::spawn(async move {
+                        let mut upstream = TcpStream::connect(req.authority).await.unwrap();
+                        let stream = req.accept().unwrap();
+                        let mut copied = Copied::default();
+                        let _ = copy_bidirectional(&mut upstream, stream, &mut copied).await;
+                    });
                 })
                 .await;
             });

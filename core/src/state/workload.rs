@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::OnceLock;
 
 use crate::config::k8s::Pod;
 
@@ -27,13 +28,39 @@ pub struct Workload {
     /// Not a pod: an endpoint address from an EndpointSlice or ServiceEntry that no pod has.
     /// Never captured, so always reached as plain TCP.
     pub external: bool,
+    /// The identity last derived from the fields above; see [`Workload::identity`].
+    pub identity: IdentityCache,
 }
+
+/// A workload's identity, derived once: each outbound connection records its peer's, and
+/// deriving it anew allocates five times. Not part of what a workload is: two workloads
+/// that differ only here are equal.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityCache(OnceLock<Identity>);
+
+impl PartialEq for IdentityCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for IdentityCache {}
 
 // === impl Workload ===
 
 impl Workload {
     pub fn identity(&self, trust_domain: &str) -> Identity {
-        Identity::new(trust_domain, &self.namespace, &self.service_account)
+        match self.identity.0.get() {
+            // The trust domain is the state's, not the workload's: an identity cached under
+            // another one is not used. Not replaced either: that takes a change of mesh
+            // settings, after which this is the slow path, never a wrong answer.
+            Some(id) if id.trust_domain() == trust_domain => id.clone(),
+            _ => {
+                let id = Identity::new(trust_domain, &self.namespace, &self.service_account);
+                let _ = self.identity.0.set(id.clone());
+                id
+            }
+        }
     }
 
     /// Istio's workload name: the `app` label owner is not known here, so the pod name, or
@@ -114,6 +141,7 @@ impl Workload {
             ready,
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             external: false,
+            identity: IdentityCache::default(),
         })
     }
 
@@ -139,6 +167,31 @@ impl Workload {
             ready: true,
             host_network: false,
             external: true,
+            identity: IdentityCache::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_derived_once_per_trust_domain() {
+        let w = Workload::external(
+            "ns",
+            "svc",
+            Ipv4Addr::new(10, 0, 0, 1),
+            None,
+            &BTreeMap::new(),
+            Some("sa"),
+        );
+        let a = w.identity("cluster.local");
+        let b = w.identity("cluster.local");
+        assert_eq!(a.uri(), "spiffe://cluster.local/ns/ns/sa/sa");
+        assert!(a.same_allocation(&b), "second call derives it again");
+        let other = w.identity("example.org");
+        assert_eq!(other.uri(), "spiffe://example.org/ns/ns/sa/sa");
+        assert_eq!(w.identity("cluster.local"), a);
     }
 }

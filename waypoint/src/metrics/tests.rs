@@ -21,6 +21,7 @@ fn workload(name: &str, version: &str) -> Arc<Workload> {
         ready: true,
         host_network: false,
         external: false,
+        identity: Default::default(),
     })
 }
 
