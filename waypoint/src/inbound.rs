@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use lanyard_core::hbone::{self, H2Io, InboundRequest};
 use lanyard_core::identity::Identity;
+use lanyard_core::runtime::spawn_in;
 use lanyard_core::state::Protocol;
 use lanyard_core::tls;
 use tokio::net::{TcpListener, TcpStream};
@@ -61,7 +62,7 @@ async fn connection(
     };
     let result = hbone::serve(tls, config.hbone, |req| {
         let span = info_span!("tunnel", authority = %req.authority, src = %peer_id);
-        tokio::spawn(tunnel(inputs.clone(), peer, peer_id.clone(), req).instrument(span));
+        spawn_in(span, tunnel(inputs.clone(), peer, peer_id.clone(), req));
     })
     .await;
     if let Err(e) = result {
