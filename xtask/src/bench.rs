@@ -187,11 +187,8 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
 
     if meshed {
         // Memory: idle, then with 10k idle proxied connections. The wait lets the pool's idle
-        // connections go, and the previous phase's connections leave TIME_WAIT (60 s): the
-        // destination agent binds its connections to the app to the client's address with
-        // an ephemeral port chosen at bind time, so the ~20k ports they hold for that
-        // address would leave too few for 10k more (known limitation, see ARCHITECTURE.md).
-        std::thread::sleep(Duration::from_secs(65));
+        // connections go.
+        std::thread::sleep(Duration::from_secs(35));
         let pids: Vec<u32> = (0..mesh.nodes.len())
             .filter_map(|i| mesh.agent_pid(i))
             .collect();

@@ -139,6 +139,8 @@ pub struct PodCtx {
     pub ip: Ipv4Addr,
     pub identity: Identity,
     pub netns: Netns,
+    /// Source ports for connections to the app from clients' addresses.
+    source_ports: socket::SourcePorts,
     /// Inbound connections in progress, re-checked when policies change.
     live: Mutex<HashMap<u64, Arc<LiveConn>>>,
 }
@@ -265,9 +267,14 @@ impl PodCtx {
         };
         let capture = &self.inputs.capture;
         let timeout = self.inputs.config.connect_timeout;
-        socket::connect_as(&self.netns, dst, client, timeout, |local| {
-            capture.exempt(local, dst)
-        })
+        socket::connect_as(
+            &self.netns,
+            &self.source_ports,
+            dst,
+            client,
+            timeout,
+            |local| capture.exempt(local, dst),
+        )
         .await
         .map_err(|e| Error::Connect(SocketAddr::V4(dst), Box::new(e)))
     }
@@ -320,6 +327,7 @@ impl PodProxy {
         netns: Netns,
     ) -> Result<Self, StartError> {
         socket::prepare_return_path(&netns)?;
+        let source_ports = socket::SourcePorts::of(&netns)?;
         let outbound = socket::listen(
             &netns,
             SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
@@ -341,6 +349,7 @@ impl PodProxy {
             ip,
             identity,
             netns,
+            source_ports,
             live: Mutex::new(HashMap::new()),
         });
         let tasks = vec![

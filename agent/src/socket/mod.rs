@@ -11,6 +11,9 @@ use crate::capture;
 use crate::capture::maps::MARK_SPOOFED;
 use crate::capture::netns::{self, Netns};
 
+mod source_ports;
+pub use source_ports::SourcePorts;
+
 /// Routing table in each pod netns that delivers marked replies back over loopback.
 const RETURN_TABLE: &str = "15539";
 
@@ -26,7 +29,28 @@ pub enum Error {
     Capture(#[from] capture::Error),
     #[error("preparing pod network namespace: `{command}` failed: {detail}")]
     Prepare { command: String, detail: String },
+    #[error(
+        "no free source port on {client} towards {dst} after {SOURCE_PORT_ATTEMPTS} tries: \
+         the pod's ephemeral port range is nearly used up for this client"
+    )]
+    NoSourcePort { client: Ipv4Addr, dst: SocketAddrV4 },
 }
+
+impl Error {
+    /// The chosen source port is taken: by a listener (bind), or for this very destination
+    /// (connect, TIME_WAIT included).
+    fn port_taken(&self) -> bool {
+        let Error::Io(e) = self else { return false };
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EADDRINUSE) | Some(libc::EADDRNOTAVAIL)
+        )
+    }
+}
+
+/// Random ports tried per connection: with nine tenths of the range busy for one
+/// destination, all of them are taken about once in a thousand connections.
+const SOURCE_PORT_ATTEMPTS: usize = 64;
 
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -47,25 +71,22 @@ pub fn listen(netns: &Netns, addr: SocketAddr) -> Result<TcpListener, Error> {
     Ok(TcpListener::from_std(std)?)
 }
 
-fn socket_in(
-    netns: &Netns,
-    mark: u32,
-    spoof_source: Option<Ipv4Addr>,
-) -> Result<(TcpSocket, Option<SocketAddrV4>), Error> {
-    let (std, local) = netns.run(|| -> std::io::Result<_> {
+fn socket_in(netns: &Netns, mark: u32, bind: Option<SocketAddrV4>) -> Result<TcpSocket, Error> {
+    let std = netns.run(|| -> std::io::Result<_> {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         s.set_mark(mark)?;
         s.set_tcp_nodelay(true)?;
-        let mut local = None;
-        if let Some(src) = spoof_source {
+        if let Some(local) = bind {
             s.set_ip_transparent_v4(true)?;
-            s.bind(&SocketAddr::from((src, 0)).into())?;
-            local = s.local_addr()?.as_socket_ipv4();
+            // Shares the port with other connections (TIME_WAIT ones too) as long as the
+            // 4-tuples differ; connect() checks that.
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::V4(local).into())?;
         }
         s.set_nonblocking(true)?;
-        Ok((std::net::TcpStream::from(s), local))
+        Ok(std::net::TcpStream::from(s))
     })??;
-    Ok((TcpSocket::from_std_stream(std), local))
+    Ok(TcpSocket::from_std_stream(std))
 }
 
 async fn finish(socket: TcpSocket, dst: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
@@ -82,25 +103,35 @@ pub async fn connect(
     mark: u32,
     timeout: Duration,
 ) -> Result<TcpStream, Error> {
-    let (socket, _) = socket_in(netns, mark, None)?;
+    let socket = socket_in(netns, mark, None)?;
     finish(socket, dst, timeout).await
 }
 
 /// Connects to the app at `dst` inside `netns` so that it appears to come from `client` (as
-/// it would without a mesh). `register` is told the bound source address before the SYN is
-/// sent, and what it returns is held until the connection is established.
+/// it would without a mesh), from a port of `ports`. `register` is told the source address
+/// before the SYN is sent, and what it returns is held until the connection is established.
 pub async fn connect_as<G>(
     netns: &Netns,
+    ports: &SourcePorts,
     dst: SocketAddrV4,
     client: Ipv4Addr,
     timeout: Duration,
-    register: impl FnOnce(SocketAddrV4) -> Result<G, capture::Error>,
+    register: impl Fn(SocketAddrV4) -> Result<G, capture::Error>,
 ) -> Result<TcpStream, Error> {
-    let (socket, local) = socket_in(netns, MARK_SPOOFED, Some(client))?;
-    let local = local
-        .ok_or_else(|| Error::Io(std::io::Error::other("spoofed socket has no IPv4 address")))?;
-    let _held = register(local)?;
-    finish(socket, SocketAddr::V4(dst), timeout).await
+    for _ in 0..SOURCE_PORT_ATTEMPTS {
+        let Some(port) = ports.pick() else { continue };
+        let local = SocketAddrV4::new(client, port);
+        let socket = match socket_in(netns, MARK_SPOOFED, Some(local)) {
+            Err(e) if e.port_taken() => continue,
+            r => r?,
+        };
+        let _held = register(local)?;
+        match finish(socket, SocketAddr::V4(dst), timeout).await {
+            Err(e) if e.port_taken() => continue,
+            r => return r,
+        }
+    }
+    Err(Error::NoSourcePort { client, dst })
 }
 
 /// Closes with RST rather than FIN, so a refused or failed connection looks like one to
