@@ -145,16 +145,53 @@ impl Party {
     }
 }
 
+/// Which end of the connection this agent is (Istio's `reporter` label). A byte rather
+/// than a string: every idle connection's task holds one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reporter {
+    #[default]
+    Source,
+    Destination,
+}
+
+impl Reporter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
+/// Istio's `connection_security_policy` label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Security {
+    #[default]
+    Unknown,
+    MutualTls,
+    None,
+}
+
+impl Security {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Security::Unknown => "unknown",
+            Security::MutualTls => "mutual_tls",
+            Security::None => "none",
+        }
+    }
+}
+
 /// Who talked to whom, as metrics and logs name it.
 #[derive(Clone, Debug, Default)]
 pub struct ConnInfo {
-    pub reporter: &'static str,
+    pub reporter: Reporter,
     pub src: Party,
     pub dst: Party,
     pub dst_service: Option<Arc<Service>>,
-    pub security: &'static str,
+    pub security: Security,
     /// The policy (and rule) that decided, when one did.
-    pub policy: Option<String>,
+    pub policy: Option<Box<str>>,
 }
 
 impl ConnInfo {
@@ -169,7 +206,7 @@ impl ConnInfo {
     fn labels<'a>(&'a self, service: &'a str, flags: &'a str) -> [&'a str; 10] {
         let or_unknown = |s: &'a str| if s.is_empty() { "unknown" } else { s };
         [
-            self.reporter,
+            self.reporter.as_str(),
             or_unknown(self.src.workload_name()),
             or_unknown(self.src.namespace()),
             or_unknown(self.src.principal()),
@@ -177,7 +214,7 @@ impl ConnInfo {
             or_unknown(self.dst.namespace()),
             or_unknown(self.dst.principal()),
             or_unknown(service),
-            self.security,
+            self.security.as_str(),
             flags,
         ]
     }
@@ -198,7 +235,7 @@ impl ConnRecord {
             .denied
             .with_label_values(&[dst.workload_name(), dst.namespace(), policy, reason])
             .inc();
-        self.info.policy = Some(rule.unwrap_or_else(|| policy.to_string()));
+        self.info.policy = Some(rule.unwrap_or_else(|| policy.to_string()).into());
     }
 
     pub fn open(metrics: &Arc<Metrics>, info: ConnInfo) -> Self {
@@ -233,7 +270,7 @@ impl ConnRecord {
         let (src_addr, dst_addr) = (addr(&i.src), addr(&i.dst));
         let error = error.map(|e| e.to_string());
         let entry = AccessEntry {
-            direction: i.reporter,
+            direction: i.reporter.as_str(),
             src_addr: &src_addr,
             src_workload: i.src.workload_name(),
             src_namespace: i.src.namespace(),
@@ -243,7 +280,7 @@ impl ConnRecord {
             dst_namespace: i.dst.namespace(),
             dst_identity: i.dst.principal(),
             dst_service: &service,
-            security: i.security,
+            security: i.security.as_str(),
             bytes_from_client: from_client,
             bytes_to_client: to_client,
             duration_ms: self.start.elapsed().as_millis() as u64,
@@ -339,7 +376,7 @@ mod tests {
         let log = AccessLog::to_writer(sink.clone(), Duration::from_secs(3600));
         let metrics = Arc::new(Metrics::new(&registry, log.clone(), "cluster.local").unwrap());
         let info = ConnInfo {
-            reporter: "source",
+            reporter: Reporter::Source,
             src: Party {
                 addr: Some(Addr::Socket("10.0.0.1:40000".parse().unwrap())),
                 workload: Some(workload("client-7f9", "demo", "client")),
@@ -359,7 +396,7 @@ mod tests {
                 endpoints: EndpointSource::Selector(BTreeMap::new()),
                 labels: BTreeMap::new(),
             })),
-            security: "mutual_tls",
+            security: Security::MutualTls,
             policy: None,
         };
         ConnRecord::open(&metrics, info).close(10, 20, "-", None);

@@ -16,7 +16,7 @@ use tracing::{debug, debug_span};
 use lanyard_core::policy::authz::Reason;
 
 use super::{Error, Peer, PodCtx, Tracked};
-use crate::metrics::{Addr, ConnInfo, ConnRecord, Party};
+use crate::metrics::{Addr, ConnInfo, ConnRecord, Party, Reporter, Security};
 use crate::socket;
 
 pub(super) async fn serve_connection(pod: Arc<PodCtx>, _id: u64, tcp: TcpStream, peer: SocketAddr) {
@@ -130,14 +130,14 @@ async fn admit(
         IpAddr::V6(_) => None,
     };
     let info = ConnInfo {
-        reporter: "destination",
+        reporter: Reporter::Destination,
         src: Party {
             addr: Some(Addr::Ip(src_ip)),
             workload: src_workload,
             principal: Some(peer_id.clone()),
         },
         dst: pod.party(Addr::Socket(req.authority)),
-        security: "mutual_tls",
+        security: Security::MutualTls,
         ..Default::default()
     };
     let mut record = ConnRecord::open(&inputs.metrics, info);
@@ -155,7 +155,7 @@ async fn admit(
     match pod.check(&state, &peer, req.authority) {
         Ok(decision) => {
             if let Reason::AllowedBy(rule) = &decision.reason {
-                record.info.policy = Some(rule.to_string());
+                record.info.policy = Some(rule.to_string().into());
             }
         }
         Err(denial) => {

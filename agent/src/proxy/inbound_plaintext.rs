@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::{Error, Peer, PodCtx};
 use crate::capture::maps::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-use crate::metrics::{Addr, ConnInfo, ConnRecord, Party};
+use crate::metrics::{Addr, ConnInfo, ConnRecord, Party, Reporter, Security};
 use crate::socket;
 
 pub(super) async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, peer: SocketAddr) {
@@ -24,14 +24,14 @@ pub(super) async fn handle(pod: Arc<PodCtx>, id: u64, mut client: TcpStream, pee
         IpAddr::V6(_) => None,
     };
     let info = ConnInfo {
-        reporter: "destination",
+        reporter: Reporter::Destination,
         src: Party {
             addr: Some(Addr::Socket(peer)),
             workload: src_workload,
             principal: None,
         },
         dst: pod.party(Addr::Socket(orig)),
-        security: "none",
+        security: Security::None,
         ..Default::default()
     };
     let mut record = ConnRecord::open(&inputs.metrics, info);

@@ -5,7 +5,7 @@ use std::future::{poll_fn, Future};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use lanyard_core::hbone::{ConnectRequest, Copied, Tunnel, HBONE_DEFAULT_PORT};
+use lanyard_core::hbone::{ConnectRequest, Copied, StreamGuard, Tunnel, HBONE_DEFAULT_PORT};
 use lanyard_core::identity::Identity;
 use lanyard_core::state::{EndpointSource, MeshState, Service, Waypoint, Workload};
 use rand::Rng;
@@ -15,7 +15,7 @@ use tracing::debug;
 use super::pool::PoolKey;
 use super::{Error, PodCtx};
 use crate::capture::maps::MARK_AGENT;
-use crate::metrics::{Addr, ConnInfo, ConnRecord, Party};
+use crate::metrics::{Addr, ConnInfo, ConnRecord, Party, Reporter, Security};
 use crate::socket;
 
 /// Where a connection goes once resolved.
@@ -124,7 +124,18 @@ pub(super) fn handle(
         };
         let mut copied = Copied::default();
         let result = match *route {
-            Route::Hbone { addr, ref peer } => hbone(&pod, &mut app, addr, peer, &mut copied).await,
+            // Setup (certificate, pooled dial, CONNECT) runs boxed: its state is large and
+            // short-lived, and would otherwise stay inline in every connection's task.
+            // Bound in a `let`, so that the setup's result is gone before the copy starts.
+            Route::Hbone { addr, ref peer } => 'tunnel: {
+                let (mut tunnel, _guard) = match Box::pin(open_tunnel(&pod, addr, peer)).await {
+                    Ok(t) => t,
+                    Err(e) => break 'tunnel Err(e),
+                };
+                poll_fn(|cx| tunnel.poll_copy(cx, &mut app, &mut copied))
+                    .await
+                    .map_err(Error::from)
+            }
             // Boxed: a plain TCP copy's state is larger, and would size every task.
             Route::Passthrough(addr) => {
                 Box::pin(passthrough(&pod, &mut app, addr, &mut copied)).await
@@ -172,9 +183,9 @@ fn admit(pod: &PodCtx, peer: SocketAddr) -> Option<(ConnRecord, Route)> {
     let inputs = &pod.inputs;
     let state = inputs.state.borrow().clone();
     let mut info = ConnInfo {
-        reporter: "source",
+        reporter: Reporter::Source,
         src: pod.party(Addr::Socket(SocketAddr::from((pod.ip, peer.port())))),
-        security: "unknown",
+        security: Security::Unknown,
         ..Default::default()
     };
     let orig = match peer {
@@ -205,9 +216,9 @@ fn admit(pod: &PodCtx, peer: SocketAddr) -> Option<(ConnRecord, Route)> {
     };
     info.dst_service = target.service.clone();
     info.security = if target.meshed {
-        "mutual_tls"
+        Security::MutualTls
     } else {
-        "unknown"
+        Security::Unknown
     };
     let record = ConnRecord::open(&inputs.metrics, info);
     let route = match (peer, peer_id) {
@@ -230,34 +241,26 @@ fn admit(pod: &PodCtx, peer: SocketAddr) -> Option<(ConnRecord, Route)> {
     Some((record, route))
 }
 
-async fn hbone(
+/// A tunnel to `addr` through `peer`, on a pooled connection.
+async fn open_tunnel(
     pod: &PodCtx,
-    app: &mut TcpStream,
     addr: SocketAddrV4,
     peer: &HbonePeer,
-    copied: &mut Copied,
-) -> Result<(), Error> {
+) -> Result<(Tunnel, StreamGuard), Error> {
     let inputs = &pod.inputs;
-    // Setup (certificate, pooled dial, CONNECT) runs boxed: its state is large and short-lived,
-    // and would otherwise stay inline in every connection's task for its whole life.
-    let setup = async {
-        let cert = inputs.secrets.fetch(&pod.identity).await?;
-        let key = PoolKey {
-            src_ip: pod.ip,
-            src_id: pod.identity.clone(),
-            dst_id: peer.id.clone(),
-            dst: SocketAddrV4::new(peer.ip, HBONE_DEFAULT_PORT),
-        };
-        let req = ConnectRequest {
-            authority: SocketAddr::V4(addr),
-            headers: Default::default(),
-        };
-        let (stream, guard) = inputs.pool.connect(&key, &pod.netns, &cert, req).await?;
-        Ok::<_, Error>((Tunnel::new(stream), guard))
+    let cert = inputs.secrets.fetch(&pod.identity).await?;
+    let key = PoolKey {
+        src_ip: pod.ip,
+        src_id: pod.identity.clone(),
+        dst_id: peer.id.clone(),
+        dst: SocketAddrV4::new(peer.ip, HBONE_DEFAULT_PORT),
     };
-    let (mut tunnel, _guard) = Box::pin(setup).await?;
-    poll_fn(|cx| tunnel.poll_copy(cx, app, copied)).await?;
-    Ok(())
+    let req = ConnectRequest {
+        authority: SocketAddr::V4(addr),
+        headers: Default::default(),
+    };
+    let (stream, guard) = inputs.pool.connect(&key, &pod.netns, &cert, req).await?;
+    Ok((Tunnel::new(stream), guard))
 }
 
 async fn passthrough(

@@ -101,9 +101,8 @@ impl Tunnel {
 /// TCP to HTTP/2: read a chunk, then send it as capacity allows.
 #[derive(Default)]
 struct Up {
+    /// Read but not yet given to HTTP/2; each part sent is split off without a copy.
     buf: BytesMut,
-    /// Read but not yet given to HTTP/2.
-    pending: Bytes,
     done: bool,
 }
 
@@ -119,15 +118,15 @@ impl Up {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if !self.pending.is_empty() {
-                send.reserve_capacity(self.pending.len());
+            if !self.buf.is_empty() {
+                send.reserve_capacity(self.buf.len());
                 let cap = match ready!(send.poll_capacity(cx)) {
                     Some(cap) => cap?,
                     None => return Poll::Ready(Err(Error::StreamClosed)),
                 };
-                let n = cap.min(self.pending.len());
+                let n = cap.min(self.buf.len());
                 if n > 0 {
-                    send.send_data(self.pending.split_to(n), false)?;
+                    send.send_data(self.buf.split_to(n).freeze(), false)?;
                 }
                 continue;
             }
@@ -138,10 +137,7 @@ impl Up {
                     send.send_data(Bytes::new(), true)?;
                     self.done = true;
                 }
-                Ok(n) => {
-                    *total += n as u64;
-                    self.pending = self.buf.split().freeze();
-                }
+                Ok(n) => *total += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The unused rest of the last chunk would stay allocated for as long as
                     // the connection idles (a keep-alive connection can idle for hours).
