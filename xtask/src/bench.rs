@@ -111,6 +111,25 @@ pub fn run_json(mut cmd: Command) -> Result<Value> {
         .with_context(|| format!("parsing output: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Fails unless every request of an oha run got a 200: a rate counts only answered requests
+/// (a failing path can be fast). Requests cut off by the end of a timed run are not failures.
+pub fn all_ok(oha: &Value, what: &str) -> Result<()> {
+    let codes = oha["statusCodeDistribution"]
+        .as_object()
+        .with_context(|| format!("{what}: no statusCodeDistribution"))?;
+    let errors = oha["errorDistribution"].as_object();
+    let failed = codes.keys().any(|c| c != "200")
+        || errors.is_some_and(|e| e.keys().any(|k| k != "aborted due to deadline"));
+    if failed || codes.is_empty() {
+        bail!(
+            "{what}: not every request succeeded: status codes {}, errors {}",
+            oha["statusCodeDistribution"],
+            oha["errorDistribution"]
+        );
+    }
+    Ok(())
+}
+
 fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
     let server = mesh.pod("server").ip.to_string();
     let mut f = Figures::default();
@@ -157,6 +176,7 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
     ))?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = agents_cpu(mesh)? - cpu0;
+    all_ok(&lat, "latency run")?;
     let pct = |k: &str| lat["latencyPercentiles"][k].as_f64().map(|s| s * 1000.0);
     f.p50_ms = pct("p50").context("p50")?;
     f.p90_ms = pct("p90").context("p90")?;
@@ -181,6 +201,7 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
             &url,
         ],
     ))?;
+    all_ok(&conns, "new connections run")?;
     f.new_conns_per_s = conns["summary"]["requestsPerSec"]
         .as_f64()
         .context("requestsPerSec")?;
