@@ -105,6 +105,7 @@ fn measure(mesh: &Mesh, url: &str, proxy: &dyn Fn() -> Vec<u32>) -> Result<Path>
     let t0 = Instant::now();
     let max = oha(mesh, &["-z", "10s", "-c", "16", url])?;
     let (cpu, secs) = (cpu_of(&proxy()) - c0, t0.elapsed().as_secs_f64());
+    crate::bench::all_ok(&max, &format!("max rps run through {url}"))?;
     p.max_rps = max["summary"]["requestsPerSec"]
         .as_f64()
         .context("requestsPerSec")?;
@@ -125,10 +126,7 @@ fn measure(mesh: &Mesh, url: &str, proxy: &dyn Fn() -> Vec<u32>) -> Result<Path>
         ],
     )?;
     let (cpu, secs) = (cpu_of(&proxy()) - c0, t0.elapsed().as_secs_f64());
-    let ok = lat["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
-    if ok == 0 {
-        bail!("no 200 responses from {url}: {lat}");
-    }
+    crate::bench::all_ok(&lat, &format!("latency run through {url}"))?;
     let pct = |k: &str| lat["latencyPercentiles"][k].as_f64().map(|s| s * 1000.0);
     p.p50_ms = pct("p50").context("p50")?;
     p.p99_ms = pct("p99").context("p99")?;
