@@ -782,6 +782,46 @@ impl Mesh {
         Ok(())
     }
 
+    /// Opens `count` idle connections from `pod` to `addr` with `e2e-tool hold`; returns once
+    /// the server has greeted every one of them (so each is up end to end), and keeps them
+    /// until the returned handle is dropped.
+    pub fn hold(&self, pod: &str, addr: &str, count: usize, timeout: Duration) -> Result<Held> {
+        let args = [
+            "hold",
+            "--addr",
+            addr,
+            "--count",
+            &count.to_string(),
+            "--timeout",
+            &timeout.as_secs().max(1).to_string(),
+        ];
+        let mut child = self
+            .command(pod, &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().context("stdout")?),
+            &mut line,
+        );
+        if read.is_ok() && line.trim() == format!("held={count}") {
+            return Ok(Held(child));
+        }
+        // The tool exits after saying what failed.
+        let _ = child.kill();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let _ = child.wait();
+        bail!(
+            "holding {count} connections to {addr}: {line:?} {}",
+            err.trim()
+        )
+    }
+
     /// Spawns a long-running process in `pod` that the mesh cleans up.
     pub fn spawn(&mut self, pod: &str, args: &[&str]) -> Result<&mut Child> {
         let child = self
@@ -792,6 +832,16 @@ impl Mesh {
             .spawn()?;
         self.children.push(child);
         Ok(self.children.last_mut().expect("just pushed"))
+    }
+}
+
+/// Connections opened by [`Mesh::hold`], closed when dropped.
+pub struct Held(Child);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
     }
 }
 

@@ -170,32 +170,6 @@ fn one_gib_both_ways_and_a_thousand_concurrent_connections() {
     assert!(received >= (1u64 << 30) as f64, "received bytes {received}");
 }
 
-/// Opens `count` idle connections from the client pod to `addr` and keeps them: Ok once all
-/// are up end to end, Err with the tool's complaint otherwise.
-fn hold(mesh: &mut Mesh, addr: &str, count: usize) -> Result<(), String> {
-    use std::io::{BufRead, Read};
-    let args = [
-        "hold",
-        "--addr",
-        addr,
-        "--count",
-        &count.to_string(),
-        "--timeout",
-        "5",
-    ];
-    let child = mesh.spawn("client", &args).unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    if line.trim() == format!("held={count}") {
-        return Ok(());
-    }
-    let mut err = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    Err(format!("{line}{err}"))
-}
-
 #[test]
 fn the_source_port_space_towards_an_app_is_per_destination() {
     let mut mesh = two_node_mesh("l4p");
@@ -225,8 +199,13 @@ fn the_source_port_space_towards_an_app_is_per_destination() {
 
     // 15 + 15 connections from one client address: more than the 20 ports, but no more than
     // 20 towards either app port, which is what a client without a mesh could open.
-    hold(&mut mesh, &format!("{ip}:9000"), 15).unwrap();
-    hold(&mut mesh, &format!("{ip}:9001"), 15).unwrap();
+    let timeout = Duration::from_secs(5);
+    let _first = mesh
+        .hold("client", &format!("{ip}:9000"), 15, timeout)
+        .unwrap();
+    let _second = mesh
+        .hold("client", &format!("{ip}:9001"), 15, timeout)
+        .unwrap();
     lanyard_e2e::wait_for(Duration::from_secs(5), "30 meshed connections", || {
         let text = mesh.metrics(1).unwrap();
         let opened = metric(

@@ -221,30 +221,12 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
                 (status_kib(*pid, "RssFile:")? + status_kib(*pid, "RssShmem:")?) / 1024.0,
             ));
         }
-        let mut hold = mesh
-            .command(
-                "client",
-                &[
-                    "hold",
-                    "--addr",
-                    &format!("{server}:{HOLD_PORT}"),
-                    "--count",
-                    &IDLE_CONNS.to_string(),
-                    "--timeout",
-                    "10",
-                ],
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(hold.stdout.take().context("stdout")?),
-            &mut line,
+        let held = mesh.hold(
+            "client",
+            &format!("{server}:{HOLD_PORT}"),
+            IDLE_CONNS,
+            Duration::from_secs(10),
         )?;
-        if line.trim() != format!("held={IDLE_CONNS}") {
-            bail!("holding connections: {line:?}");
-        }
         std::thread::sleep(Duration::from_secs(2));
         let busy: Vec<f64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
         let per_conn = idle
@@ -253,8 +235,7 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
             .map(|(i, b)| (b - i) / IDLE_CONNS as f64)
             .fold(0.0, f64::max);
         f.rss_per_conn_kib = Some(per_conn);
-        drop(hold.stdin.take());
-        let _ = hold.wait();
+        drop(held);
     }
     Ok(f)
 }
