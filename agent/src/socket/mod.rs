@@ -37,14 +37,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The chosen source port is taken: by a listener (bind), or for this very destination
-    /// (connect, TIME_WAIT included).
-    fn port_taken(&self) -> bool {
-        let Error::Io(e) = self else { return false };
-        matches!(
-            e.raw_os_error(),
-            Some(libc::EADDRINUSE) | Some(libc::EADDRNOTAVAIL)
-        )
+    fn is_os(&self, code: i32) -> bool {
+        matches!(self, Error::Io(e) if e.raw_os_error() == Some(code))
     }
 }
 
@@ -121,13 +115,15 @@ pub async fn connect_as<G>(
     for _ in 0..SOURCE_PORT_ATTEMPTS {
         let Some(port) = ports.pick() else { continue };
         let local = SocketAddrV4::new(client, port);
+        // Taken by a listener on the port.
         let socket = match socket_in(netns, MARK_SPOOFED, Some(local)) {
-            Err(e) if e.port_taken() => continue,
+            Err(e) if e.is_os(libc::EADDRINUSE) => continue,
             r => r?,
         };
         let _held = register(local)?;
+        // Taken towards this very destination (TIME_WAIT included).
         match finish(socket, SocketAddr::V4(dst), timeout).await {
-            Err(e) if e.port_taken() => continue,
+            Err(e) if e.is_os(libc::EADDRNOTAVAIL) => continue,
             r => return r,
         }
     }
