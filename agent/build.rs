@@ -31,4 +31,32 @@ fn main() {
         ebpf.join("lanyard.h").display()
     );
     println!("cargo:rerun-if-env-changed=CLANG");
+    link_order();
+}
+
+/// Release builds lay out the agent's text with the functions it runs first, in the order of
+/// `link-order.txt` (xtask `link-order` writes it). Started, an agent touches about a fifth of
+/// its code; scattered over the whole text, those functions keep nearly every page resident,
+/// while packed together they fill a few hundred pages (docs/benchmarks.md, session 12).
+/// Symbols the list names that a build no longer has are skipped, so a stale list costs
+/// memory, never correctness.
+fn link_order() {
+    let order = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("link-order.txt");
+    println!("cargo:rerun-if-changed={}", order.display());
+    println!("cargo:rerun-if-env-changed=LANYARD_NO_LINK_ORDER");
+    let release = std::env::var("PROFILE").as_deref() == Ok("release");
+    // The option is lld's (Rust's default linker on this target); other linkers lack it.
+    let lld_target = std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu");
+    if release
+        && lld_target
+        && order.exists()
+        && std::env::var_os("LANYARD_NO_LINK_ORDER").is_none()
+    {
+        for arg in [
+            format!("-Wl,--symbol-ordering-file={}", order.display()),
+            "-Wl,--no-warn-symbol-ordering".to_string(),
+        ] {
+            println!("cargo:rustc-link-arg-bin=lanyard-agent={arg}");
+        }
+    }
 }

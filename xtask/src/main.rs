@@ -17,6 +17,7 @@ mod demo;
 mod demo_l7;
 #[cfg(test)]
 mod deploy_tests;
+mod link_order;
 mod setup;
 
 use std::process::Command;
@@ -47,6 +48,9 @@ enum Cmd {
         #[arg(default_value = "l4")]
         suite: String,
     },
+    /// Write agent/link-order.txt: the functions a release agent runs, which release builds
+    /// place together in its text (root, uprobes; takes a few minutes).
+    LinkOrder,
     /// Write deploy/'s Istio CRDs from the schema Lanyard reads them with.
     Crds,
     /// Render the Helm chart (with the CRDs) to deploy/lanyard.yaml.
@@ -65,6 +69,10 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Lint => lint(),
         Cmd::E2eClean => setup::clean_e2e(),
+        Cmd::LinkOrder => {
+            setup::ensure()?;
+            link_order::write()
+        }
         Cmd::Crds => crds::write(),
         Cmd::Manifests => chart::write_manifest(),
         Cmd::Bench { suite } => match suite.as_str() {

@@ -1,0 +1,229 @@
+//! `cargo xtask link-order`: writes `agent/link-order.txt`, the functions a release agent runs
+//! while it starts, carries traffic and sits idle, hottest first. agent/build.rs hands the list
+//! to the linker, so those functions share a few hundred pages instead of touching nearly
+//! every page of the text.
+//!
+//! How the list is found: a release agent (the order of its text does not matter); one uprobe counter per
+//! function of its symbol table (every process, CPU 0), with the agents pinned to CPU 0 by a
+//! wrapper; a run of the L4 bench's kinds of traffic in the netns harness; every function
+//! whose counter moved is listed. Needs root and a kernel with uprobes. The kernel takes a
+//! while (minutes) to remove ten thousand uprobes after the counters close; that happens in
+//! the background.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use lanyard_e2e::{Mesh, PodSpec};
+
+use crate::bench::tool;
+
+/// A function of the agent's text: where it starts in the file, and its symbol.
+struct Function {
+    file_offset: u64,
+    symbol: String,
+}
+
+pub fn write() -> Result<()> {
+    crate::bench::ensure_tools()?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    crate::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let release = root.join("target/release");
+    // The harness runs `$LANYARD_BIN_DIR/lanyard-agent`: a wrapper pins it to CPU 0, where
+    // the counters are.
+    let bins = tempdir()?;
+    for bin in ["lanyard-ca", "lanyard-waypoint", "e2e-tool", "e2e-app"] {
+        if release.join(bin).exists() {
+            std::os::unix::fs::symlink(release.join(bin), bins.join(bin))?;
+        }
+    }
+    let agent = bins.join("lanyard-agent.real");
+    std::fs::copy(release.join("lanyard-agent"), &agent)?;
+    let wrapper = bins.join("lanyard-agent");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec taskset -c 0 {} \"$@\"\n", agent.display()),
+    )?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::env::set_var("LANYARD_BIN_DIR", &bins);
+
+    let functions = functions(&agent)?;
+    let counters = functions
+        .iter()
+        .map(|f| uprobe_counter(&agent, f.file_offset))
+        .collect::<Result<Vec<_>>>()?;
+    eprintln!("counting calls of {} functions…", functions.len());
+    traffic()?;
+    let mut hits: Vec<(u64, &str)> = Vec::new();
+    for (f, mut c) in functions.iter().zip(counters.into_iter().map(File::from)) {
+        let mut n = [0u8; 8];
+        c.read_exact(&mut n)?;
+        let n = u64::from_ne_bytes(n);
+        if n > 0 {
+            hits.push((n, &f.symbol));
+        }
+    }
+    // Hottest first: the data path shares its pages (and TLB entries) with itself.
+    hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let list: String = hits.iter().map(|(_, s)| format!("{s}\n")).collect();
+    std::fs::write(root.join("agent/link-order.txt"), list)?;
+    eprintln!(
+        "agent/link-order.txt: {} of {} functions ran",
+        hits.len(),
+        functions.len()
+    );
+    let _ = std::fs::remove_dir_all(&bins);
+    Ok(())
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lanyard-link-order-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The sized functions of the binary's symbol table, with their offsets in the file (uprobes
+/// are placed by file offset).
+fn functions(bin: &Path) -> Result<Vec<Function>> {
+    let out = Command::new("readelf").args(["-lW"]).arg(bin).output()?;
+    let headers = String::from_utf8(out.stdout)?;
+    // The executable LOAD segment: vaddr − offset turns a symbol's address into an offset.
+    let text = headers
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"LOAD") && f.get(6) == Some(&"R") && f.get(7) == Some(&"E"))
+        .context("no executable LOAD segment")?;
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16);
+    let delta = hex(text[2])? - hex(text[1])?;
+    let out = Command::new("nm")
+        .args(["--defined-only", "-S"])
+        .arg(bin)
+        .output()?;
+    let mut functions = Vec::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let [addr, _size, kind, symbol] = f[..] {
+            if matches!(kind, "t" | "T" | "w" | "W") {
+                functions.push(Function {
+                    file_offset: hex(addr)? - delta,
+                    symbol: symbol.to_string(),
+                });
+            }
+        }
+    }
+    if functions.is_empty() {
+        bail!("no function symbols in {}", bin.display());
+    }
+    Ok(functions)
+}
+
+/// A counter of calls to the function at `file_offset` of `bin`, by any process on CPU 0.
+fn uprobe_counter(bin: &Path, file_offset: u64) -> Result<OwnedFd> {
+    let pmu: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
+        .context("no uprobe PMU in this kernel")?
+        .trim()
+        .parse()?;
+    let path = std::ffi::CString::new(bin.as_os_str().as_encoded_bytes())?;
+    // struct perf_event_attr, v8 (136 bytes): type, size, config, then config1 (the path) and
+    // config2 (the offset) at byte 56 and 64.
+    let mut attr = [0u8; 136];
+    attr[0..4].copy_from_slice(&pmu.to_ne_bytes());
+    attr[4..8].copy_from_slice(&136u32.to_ne_bytes());
+    attr[56..64].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    attr[64..72].copy_from_slice(&file_offset.to_ne_bytes());
+    // SAFETY: attr is a valid perf_event_attr that outlives the call; path outlives it too.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1i32,
+            0i32,
+            -1i32,
+            0u64,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("uprobe at {file_offset:#x} of {}", bin.display()));
+    }
+    // SAFETY: the kernel just returned this descriptor to us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What the L4 bench makes an agent do, shorter: enrol pods, bulk transfer, requests over
+/// kept-alive and new connections, idle connections held, then idle long enough for pooled
+/// connections to expire. Failures are reported, not fatal: the agents run slowly with
+/// uprobes, and the list needs the code to run, not the figures.
+fn traffic() -> Result<()> {
+    let mut mesh = Mesh::builder("lord")
+        .nodes(2)
+        .namespace("bench", true)
+        .pod(PodSpec::new("client", "bench").node(0))
+        .pod(PodSpec::new("server", "bench").node(1))
+        .start()?;
+    let iperf = tool("iperf3")?;
+    let oha = tool("oha")?;
+    let s = mesh
+        .exec_command("server", iperf.to_str().unwrap(), &["-s", "-p", "5201"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    mesh.adopt(s);
+    for args in [
+        vec!["http-server", "--port", "8080", "--size", "1024"],
+        vec!["hold-server", "--port", "9000"],
+    ] {
+        let cmd = mesh.command("server", &args);
+        mesh.start_listening(cmd, args[0])?;
+    }
+    let server = mesh.pod("server").ip.to_string();
+    let url = format!("http://{server}:8080/");
+    let runs: [(&Path, Vec<&str>); 3] = [
+        (&iperf, vec!["-c", &server, "-p", "5201", "-t", "3"]),
+        (
+            &oha,
+            vec!["-z", "3s", "-q", "200", "-c", "4", "--no-tui", &url],
+        ),
+        (
+            &oha,
+            vec![
+                "-z",
+                "3s",
+                "-c",
+                "4",
+                "--disable-keepalive",
+                "--no-tui",
+                &url,
+            ],
+        ),
+    ];
+    for (program, args) in runs {
+        let status = mesh
+            .exec_command("client", program.to_str().unwrap(), &args)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            eprintln!("{} {args:?}: {status}", program.display());
+        }
+    }
+    match mesh.hold(
+        "client",
+        &format!("{server}:9000"),
+        200,
+        Duration::from_secs(30),
+    ) {
+        Ok(held) => {
+            std::thread::sleep(Duration::from_secs(2));
+            drop(held);
+        }
+        Err(e) => eprintln!("holding connections: {e:#}"),
+    }
+    std::thread::sleep(Duration::from_secs(35));
+    Ok(())
+}
