@@ -6,9 +6,10 @@
 //! How the list is found: a release agent (the order of its text does not matter); one uprobe counter per
 //! function of its symbol table (every process, CPU 0), with the agents pinned to CPU 0 by a
 //! wrapper; a run of the L4 bench's kinds of traffic in the netns harness; every function
-//! whose counter moved is listed. Needs root and a kernel with uprobes. The kernel takes a
-//! while (minutes) to remove ten thousand uprobes after the counters close; that happens in
-//! the background.
+//! whose counter moved is listed. Needs root and a kernel with uprobes. Opening the counters
+//! takes seconds; removing them takes the kernel many minutes after the tool exits (one RCU
+//! grace period per uprobe), and a second run started meanwhile opens its counters just as
+//! slowly.
 
 use std::fs::File;
 use std::io::Read;
