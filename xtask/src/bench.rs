@@ -257,15 +257,9 @@ pub fn use_release_binaries() -> Result<()> {
     Ok(())
 }
 
-pub fn l4() -> Result<()> {
-    ensure_tools()?;
-    use_release_binaries()?;
-    let mut mesh = Mesh::builder("bench")
-        .nodes(2)
-        .namespace("bench", false)
-        .pod(PodSpec::new("client", "bench").node(0))
-        .pod(PodSpec::new("server", "bench").node(1))
-        .start()?;
+/// The L4 bench's servers in the "server" pod: iperf3 on 5201, a 1 KiB HTTP server on 8080,
+/// and a server that greets and holds connections on 9000.
+pub fn start_servers(mesh: &mut Mesh) -> Result<()> {
     let iperf = tool("iperf3")?;
     let s = mesh
         .exec_command("server", iperf.to_str().unwrap(), &["-s", "-p", IPERF_PORT])
@@ -279,6 +273,19 @@ pub fn l4() -> Result<()> {
         let cmd = mesh.command("server", &args);
         mesh.start_listening(cmd, args[0])?;
     }
+    Ok(())
+}
+
+pub fn l4() -> Result<()> {
+    ensure_tools()?;
+    use_release_binaries()?;
+    let mut mesh = Mesh::builder("bench")
+        .nodes(2)
+        .namespace("bench", false)
+        .pod(PodSpec::new("client", "bench").node(0))
+        .pod(PodSpec::new("server", "bench").node(1))
+        .start()?;
+    start_servers(&mut mesh)?;
     std::thread::sleep(Duration::from_millis(300));
 
     eprintln!("measuring direct (namespace not enrolled)…");

@@ -56,9 +56,13 @@ pub fn write() -> Result<()> {
     std::env::set_var("LANYARD_BIN_DIR", &bins);
 
     let functions = functions(&agent)?;
+    let pmu: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
+        .context("no uprobe PMU in this kernel")?
+        .trim()
+        .parse()?;
     let counters = functions
         .iter()
-        .map(|f| uprobe_counter(&agent, f.file_offset))
+        .map(|f| uprobe_counter(pmu, &agent, f.file_offset))
         .collect::<Result<Vec<_>>>()?;
     eprintln!("counting calls of {} functions…", functions.len());
     traffic()?;
@@ -125,12 +129,9 @@ fn functions(bin: &Path) -> Result<Vec<Function>> {
     Ok(functions)
 }
 
-/// A counter of calls to the function at `file_offset` of `bin`, by any process on CPU 0.
-fn uprobe_counter(bin: &Path, file_offset: u64) -> Result<OwnedFd> {
-    let pmu: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
-        .context("no uprobe PMU in this kernel")?
-        .trim()
-        .parse()?;
+/// A counter of calls to the function at `file_offset` of `bin`, by any process on CPU 0
+/// (`pmu`: the uprobe PMU's perf type).
+fn uprobe_counter(pmu: u32, bin: &Path, file_offset: u64) -> Result<OwnedFd> {
     let path = std::ffi::CString::new(bin.as_os_str().as_encoded_bytes())?;
     // struct perf_event_attr, v8 (136 bytes): type, size, config, then config1 (the path) and
     // config2 (the offset) at byte 56 and 64.
@@ -169,20 +170,8 @@ fn traffic() -> Result<()> {
         .pod(PodSpec::new("client", "bench").node(0))
         .pod(PodSpec::new("server", "bench").node(1))
         .start()?;
-    let iperf = tool("iperf3")?;
-    let oha = tool("oha")?;
-    let s = mesh
-        .exec_command("server", iperf.to_str().unwrap(), &["-s", "-p", "5201"])
-        .stdout(Stdio::null())
-        .spawn()?;
-    mesh.adopt(s);
-    for args in [
-        vec!["http-server", "--port", "8080", "--size", "1024"],
-        vec!["hold-server", "--port", "9000"],
-    ] {
-        let cmd = mesh.command("server", &args);
-        mesh.start_listening(cmd, args[0])?;
-    }
+    crate::bench::start_servers(&mut mesh)?;
+    let (iperf, oha) = (tool("iperf3")?, tool("oha")?);
     let server = mesh.pod("server").ip.to_string();
     let url = format!("http://{server}:8080/");
     let runs: [(&Path, Vec<&str>); 3] = [
