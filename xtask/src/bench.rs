@@ -240,9 +240,9 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
     Ok(f)
 }
 
-/// Points the harness at release binaries: those in `$LANYARD_BENCH_BINS` when set (built
-/// earlier, e.g. to compare two versions while the tree changes), else a fresh release build.
-pub fn use_release_binaries() -> Result<()> {
+/// Release binaries: those in `$LANYARD_BENCH_BINS` when set (built earlier, e.g. to compare
+/// two versions while the tree changes), else a fresh release build of the workspace.
+pub fn release_binaries() -> Result<PathBuf> {
     let dir = match std::env::var_os("LANYARD_BENCH_BINS") {
         Some(dir) => PathBuf::from(dir),
         None => {
@@ -253,13 +253,25 @@ pub fn use_release_binaries() -> Result<()> {
     if !dir.join("lanyard-agent").exists() {
         bail!("no lanyard-agent in {}", dir.display());
     }
-    std::env::set_var("LANYARD_BIN_DIR", &dir);
+    Ok(dir)
+}
+
+/// Points the harness at [`release_binaries`].
+pub fn use_release_binaries() -> Result<()> {
+    std::env::set_var("LANYARD_BIN_DIR", release_binaries()?);
     Ok(())
 }
 
-/// The L4 bench's servers in the "server" pod: iperf3 on 5201, a 1 KiB HTTP server on 8080,
-/// and a server that greets and holds connections on 9000.
-pub fn start_servers(mesh: &mut Mesh) -> Result<()> {
+/// The L4 bench's topology (a client pod on node 0, a server pod on node 1, namespace
+/// `bench`), with the servers the bench uses in the server pod: iperf3 on 5201, a 1 KiB HTTP
+/// server on 8080, and a server that greets and holds connections on 9000.
+pub fn l4_mesh(prefix: &str, enrolled: bool) -> Result<Mesh> {
+    let mut mesh = Mesh::builder(prefix)
+        .nodes(2)
+        .namespace("bench", enrolled)
+        .pod(PodSpec::new("client", "bench").node(0))
+        .pod(PodSpec::new("server", "bench").node(1))
+        .start()?;
     let iperf = tool("iperf3")?;
     let s = mesh
         .exec_command("server", iperf.to_str().unwrap(), &["-s", "-p", IPERF_PORT])
@@ -273,19 +285,13 @@ pub fn start_servers(mesh: &mut Mesh) -> Result<()> {
         let cmd = mesh.command("server", &args);
         mesh.start_listening(cmd, args[0])?;
     }
-    Ok(())
+    Ok(mesh)
 }
 
 pub fn l4() -> Result<()> {
     ensure_tools()?;
     use_release_binaries()?;
-    let mut mesh = Mesh::builder("bench")
-        .nodes(2)
-        .namespace("bench", false)
-        .pod(PodSpec::new("client", "bench").node(0))
-        .pod(PodSpec::new("server", "bench").node(1))
-        .start()?;
-    start_servers(&mut mesh)?;
+    let mut mesh = l4_mesh("bench", false)?;
     std::thread::sleep(Duration::from_millis(300));
 
     eprintln!("measuring direct (namespace not enrolled)…");

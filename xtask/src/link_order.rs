@@ -3,10 +3,10 @@
 //! to the linker, so those functions share a few hundred pages instead of touching nearly
 //! every page of the text.
 //!
-//! How the list is found: a release agent (the order of its text does not matter); one uprobe counter per
-//! function of its symbol table (every process, CPU 0), with the agents pinned to CPU 0 by a
-//! wrapper; a run of the L4 bench's kinds of traffic in the netns harness; every function
-//! whose counter moved is listed. Needs root and a kernel with uprobes. Opening the counters
+//! How the list is found: a release agent (the order of its text does not matter); one uprobe
+//! counter per function of its symbol table (every process, CPU 0), with the agents pinned to
+//! CPU 0 by a wrapper; a run of the L4 bench's kinds of traffic in the netns harness; every
+//! function whose counter moved is listed. Needs root and a kernel with uprobes. Opening the counters
 //! takes seconds; removing them takes the kernel many minutes after the tool exits (one RCU
 //! grace period per uprobe), and a second run started meanwhile opens its counters just as
 //! slowly.
@@ -19,7 +19,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use lanyard_e2e::{Mesh, PodSpec};
 
 use crate::bench::tool;
 
@@ -32,11 +31,13 @@ struct Function {
 pub fn write() -> Result<()> {
     crate::bench::ensure_tools()?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    crate::cargo(&["build", "--release", "--workspace", "--bins"])?;
-    let release = root.join("target/release");
+    // Symbol names depend on how the crates were built: profile the build the bench and the
+    // images use.
+    let release = crate::bench::release_binaries()?;
     // The harness runs `$LANYARD_BIN_DIR/lanyard-agent`: a wrapper pins it to CPU 0, where
     // the counters are.
-    let bins = tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    let bins = tmp.path();
     for bin in ["lanyard-ca", "lanyard-waypoint", "e2e-tool", "e2e-app"] {
         if release.join(bin).exists() {
             std::os::unix::fs::symlink(release.join(bin), bins.join(bin))?;
@@ -53,7 +54,7 @@ pub fn write() -> Result<()> {
         &wrapper,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    std::env::set_var("LANYARD_BIN_DIR", &bins);
+    std::env::set_var("LANYARD_BIN_DIR", bins);
 
     let functions = functions(&agent)?;
     let pmu: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
@@ -62,14 +63,14 @@ pub fn write() -> Result<()> {
         .parse()?;
     let counters = functions
         .iter()
-        .map(|f| uprobe_counter(pmu, &agent, f.file_offset))
+        .map(|f| uprobe_counter(pmu, &agent, f.file_offset).map(File::from))
         .collect::<Result<Vec<_>>>()?;
     eprintln!("counting calls of {} functions…", functions.len());
     traffic()?;
     let mut hits: Vec<(u64, &str)> = Vec::new();
-    for (f, mut c) in functions.iter().zip(counters.into_iter().map(File::from)) {
+    for (f, c) in functions.iter().zip(&counters) {
         let mut n = [0u8; 8];
-        c.read_exact(&mut n)?;
+        (&*c).read_exact(&mut n)?;
         let n = u64::from_ne_bytes(n);
         if n > 0 {
             hits.push((n, &f.symbol));
@@ -80,18 +81,13 @@ pub fn write() -> Result<()> {
     let list: String = hits.iter().map(|(_, s)| format!("{s}\n")).collect();
     std::fs::write(root.join("agent/link-order.txt"), list)?;
     eprintln!(
-        "agent/link-order.txt: {} of {} functions ran",
+        "agent/link-order.txt: {} of {} functions ran; the kernel now removes the uprobes, \
+         which takes many minutes",
         hits.len(),
         functions.len()
     );
-    let _ = std::fs::remove_dir_all(&bins);
+    drop(counters);
     Ok(())
-}
-
-fn tempdir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("lanyard-link-order-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 /// The sized functions of the binary's symbol table, with their offsets in the file (uprobes
@@ -129,6 +125,10 @@ fn functions(bin: &Path) -> Result<Vec<Function>> {
     Ok(functions)
 }
 
+/// Without it, every process the harness starts inherits the ten thousand counters: iperf3
+/// then aborts on a descriptor past `FD_SETSIZE`.
+const PERF_FLAG_FD_CLOEXEC: u64 = 8;
+
 /// A counter of calls to the function at `file_offset` of `bin`, by any process on CPU 0
 /// (`pmu`: the uprobe PMU's perf type).
 fn uprobe_counter(pmu: u32, bin: &Path, file_offset: u64) -> Result<OwnedFd> {
@@ -148,7 +148,7 @@ fn uprobe_counter(pmu: u32, bin: &Path, file_offset: u64) -> Result<OwnedFd> {
             -1i32,
             0i32,
             -1i32,
-            0u64,
+            PERF_FLAG_FD_CLOEXEC,
         )
     };
     if fd < 0 {
@@ -164,13 +164,7 @@ fn uprobe_counter(pmu: u32, bin: &Path, file_offset: u64) -> Result<OwnedFd> {
 /// connections to expire. Failures are reported, not fatal: the agents run slowly with
 /// uprobes, and the list needs the code to run, not the figures.
 fn traffic() -> Result<()> {
-    let mut mesh = Mesh::builder("lord")
-        .nodes(2)
-        .namespace("bench", true)
-        .pod(PodSpec::new("client", "bench").node(0))
-        .pod(PodSpec::new("server", "bench").node(1))
-        .start()?;
-    crate::bench::start_servers(&mut mesh)?;
+    let mesh = crate::bench::l4_mesh("lord", true)?;
     let (iperf, oha) = (tool("iperf3")?, tool("oha")?);
     let server = mesh.pod("server").ip.to_string();
     let url = format!("http://{server}:8080/");
