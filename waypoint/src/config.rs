@@ -51,8 +51,8 @@ pub struct Args {
     pub admin_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
-    /// Threads that run the data path. With 1, everything runs on one thread, with no
-    /// wake-ups between threads: the least CPU per request at moderate rates.
+    /// Threads that run the data path, each with its own listener and upstream pools; a
+    /// downstream connection stays on one of them (workers.rs).
     #[arg(long, env = "LANYARD_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
     /// One JSON line per request on stdout, or none.

@@ -19,5 +19,6 @@ pub mod route;
 pub mod tcp;
 pub mod trace;
 pub mod upstream;
+pub mod workers;
 
 pub type Secrets = lanyard_core::secrets::SecretManager<lanyard_core::ca::CaClient>;

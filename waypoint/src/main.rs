@@ -8,16 +8,21 @@ use lanyard_core::secrets::SecretConfig;
 use lanyard_core::state::{MeshState, Settings};
 use lanyard_kube::{ConfigSource, Running, Scope};
 use lanyard_waypoint::admin::{self, AdminState};
+use lanyard_waypoint::authn::Jwks;
 use lanyard_waypoint::config::{Args, Config};
 use lanyard_waypoint::lb::Balancer;
 use lanyard_waypoint::metrics::Metrics;
 use lanyard_waypoint::otlp::Exporter;
 use lanyard_waypoint::route::Inputs;
 use lanyard_waypoint::upstream::Upstream;
+use lanyard_waypoint::workers::{self, Workers};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+/// How often each worker drops its closed and idle upstream HBONE connections.
+const SWEEP: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let config = Arc::new(Config::from(Args::parse()));
@@ -30,13 +35,12 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    lanyard_core::runtime::build(config.worker_threads)?.block_on(run(config))
+    // The data path has threads of its own (workers.rs); this one runs the control plane.
+    lanyard_core::runtime::build(1)?.block_on(run(config))
 }
 
 async fn run(config: Arc<Config>) -> anyhow::Result<()> {
-    let hbone_listener = TcpListener::bind(config.hbone_addr)
-        .await
-        .context("binding HBONE port")?;
+    let hbone_listeners = workers::bind(config.hbone_addr, config.worker_threads)?;
     let admin_listener = TcpListener::bind(config.admin_addr)
         .await
         .context("binding admin port")?;
@@ -87,25 +91,25 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         &format!("{}/{}", config.waypoint.namespace, config.waypoint.name),
         &config.identity.to_string(),
     )?;
-    let inputs = Arc::new(Inputs {
-        config: config.clone(),
-        state: state_rx.clone(),
-        upstream: Upstream::new(config.clone(), state_rx.clone(), secrets.clone()),
-        balancer: Balancer::default(),
-        metrics: metrics.clone(),
-        jwks: Default::default(),
-    });
+    let balancer = Arc::new(Balancer::default());
+    let jwks = Arc::new(Jwks::default());
+    let new_inputs = {
+        let (config, state_rx, secrets) = (config.clone(), state_rx.clone(), secrets.clone());
+        let metrics = metrics.clone();
+        move || {
+            Arc::new(Inputs {
+                config: config.clone(),
+                state: state_rx.clone(),
+                upstream: Upstream::new(config.clone(), state_rx.clone(), secrets.clone()),
+                balancer: balancer.clone(),
+                metrics: metrics.clone(),
+                jwks: jwks.clone(),
+            })
+        }
+    };
+    // The admin endpoints read config and state only; their `Inputs` never carries traffic.
+    let inputs = new_inputs();
     tokio::spawn(report_config(state_rx, metrics));
-    {
-        let inputs = inputs.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                inputs.upstream.sweep(inputs.config.pool_idle_timeout);
-            }
-        });
-    }
     lanyard_kube::metrics::register(&registry, source_status.clone())?;
     let admin_state = AdminState {
         inputs: inputs.clone(),
@@ -122,11 +126,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         admin_state,
         &["/metrics", "/healthz/ready"],
     ));
-    tokio::spawn(lanyard_waypoint::inbound::serve(
-        hbone_listener,
-        inputs,
-        secrets,
-    ));
+    let mut workers = Workers::start(hbone_listeners, secrets, SWEEP, new_inputs)?;
     lanyard_core::heap::spawn_trimmer(lanyard_core::heap::TRIM_INTERVAL);
     info!(name = %config.waypoint.name, namespace = %config.waypoint.namespace, identity = %config.identity, "lanyard-waypoint ready");
 
@@ -134,6 +134,10 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        e = workers.stopped() => {
+            access_log.close();
+            return Err(e.into());
+        }
     }
     info!("shutting down");
     access_log.close();

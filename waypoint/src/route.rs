@@ -30,9 +30,9 @@ pub struct Inputs {
     pub config: Arc<Config>,
     pub state: watch::Receiver<Arc<MeshState>>,
     pub upstream: Upstream,
-    pub balancer: Balancer,
+    pub balancer: Arc<Balancer>,
     pub metrics: Arc<Metrics>,
-    pub jwks: crate::authn::Jwks,
+    pub jwks: Arc<crate::authn::Jwks>,
 }
 
 /// The inbound tunnel a request arrived on: who called, and the address it dialed.
