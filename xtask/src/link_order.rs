@@ -165,8 +165,8 @@ fn uprobe_counter(pmu: u32, bin: &Path, file_offset: u64) -> Result<OwnedFd> {
 
 /// What the L4 bench makes an agent do, shorter: enrol pods, bulk transfer, requests over
 /// kept-alive and new connections, idle connections held, then idle long enough for pooled
-/// connections to expire. Failures are reported, not fatal: the agents run slowly with
-/// uprobes, and the list needs the code to run, not the figures.
+/// connections to expire. A failed step fails the run: the list would miss the code that
+/// step should have run (as it did while ring's assembly was probed).
 fn traffic() -> Result<()> {
     let mesh = crate::bench::l4_mesh("lord", true)?;
     let (iperf, oha) = (tool("iperf3")?, tool("oha")?);
@@ -197,21 +197,19 @@ fn traffic() -> Result<()> {
             .stdout(Stdio::null())
             .status()?;
         if !status.success() {
-            eprintln!("{} {args:?}: {status}", program.display());
+            bail!("{} {args:?}: {status}", program.display());
         }
     }
-    match mesh.hold(
-        "client",
-        &format!("{server}:9000"),
-        200,
-        Duration::from_secs(30),
-    ) {
-        Ok(held) => {
-            std::thread::sleep(Duration::from_secs(2));
-            drop(held);
-        }
-        Err(e) => eprintln!("holding connections: {e:#}"),
-    }
+    let held = mesh
+        .hold(
+            "client",
+            &format!("{server}:9000"),
+            200,
+            Duration::from_secs(30),
+        )
+        .context("holding connections")?;
+    std::thread::sleep(Duration::from_secs(2));
+    drop(held);
     std::thread::sleep(Duration::from_secs(35));
     Ok(())
 }
