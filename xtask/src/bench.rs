@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use lanyard_e2e::{Mesh, PodSpec};
 use serde_json::Value;
 
+use crate::steal::{self, Sample};
+
 const IPERF_PORT: &str = "5201";
 const HTTP_PORT: u16 = 8080;
 const HOLD_PORT: u16 = 9000;
@@ -295,14 +297,19 @@ pub fn l4() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
 
     eprintln!("measuring direct (namespace not enrolled)…");
+    let t = Sample::now()?;
     let direct = measure(&mut mesh, false)?;
+    let direct_steal = t.stolen_since()?;
     mesh.set_namespace_ambient("bench", true)?;
     mesh.wait_enrolled(Duration::from_secs(15))?;
     eprintln!("measuring meshed (namespace enrolled)…");
+    let t = Sample::now()?;
     let meshed = measure(&mut mesh, true)?;
+    let meshed_steal = t.stolen_since()?;
     drop(mesh);
 
-    let table = render(&direct, &meshed);
+    let mut table = render(&direct, &meshed);
+    table += &steal::report(&[("direct", direct_steal), ("meshed", meshed_steal)]);
     println!("{table}");
     let preamble = format!(
         "`cargo xtask bench l4`: one run, one two-node topology of network namespaces, measured \

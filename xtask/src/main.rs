@@ -19,6 +19,7 @@ mod demo_l7;
 mod deploy_tests;
 mod link_order;
 mod setup;
+mod steal;
 
 use std::process::Command;
 

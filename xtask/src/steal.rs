@@ -1,0 +1,104 @@
+//! CPU time the hypervisor gave to other guests while a benchmark phase ran (the `steal`
+//! column of `/proc/stat`). On this shared machine it has gone from nothing to over 90 %
+//! within an hour, which turns latency figures into hundreds of milliseconds and halves
+//! throughput; a run's figures are only comparable to another's at similar steal, so each
+//! bench reports it next to its table.
+
+use anyhow::{Context, Result};
+
+/// Above this share of stolen CPU, a phase's timings say more about the host than the code.
+pub const UNRELIABLE: f64 = 0.10;
+
+/// Aggregate CPU counters at one instant, in clock ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    steal: u64,
+    total: u64,
+}
+
+impl Sample {
+    pub fn now() -> Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        parse(&stat).context("/proc/stat has no aggregate cpu line")
+    }
+
+    /// Share of all CPU time since `self` that was stolen, 0 to 1.
+    pub fn stolen_since(&self) -> Result<f64> {
+        let now = Self::now()?;
+        Ok(share(self, &now))
+    }
+}
+
+fn parse(stat: &str) -> Option<Sample> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
+    // already counted in user and nice, so only the first eight are summed.
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    (f.len() == 8).then(|| Sample {
+        steal: f[7],
+        total: f.iter().sum(),
+    })
+}
+
+fn share(a: &Sample, b: &Sample) -> f64 {
+    let total = b.total.saturating_sub(a.total);
+    if total == 0 {
+        return 0.0;
+    }
+    b.steal.saturating_sub(a.steal) as f64 / total as f64
+}
+
+/// One line for under a bench's table, naming each phase's steal, and a warning on stderr
+/// when any phase is above [`UNRELIABLE`].
+pub fn report(phases: &[(&str, f64)]) -> String {
+    let list: Vec<String> = phases
+        .iter()
+        .map(|(name, s)| format!("{name} {:.0} %", s * 100.0))
+        .collect();
+    let worst = phases.iter().map(|p| p.1).fold(0.0, f64::max);
+    let verdict = if worst > UNRELIABLE {
+        eprintln!(
+            "warning: the hypervisor took {:.0} % of the CPU during a phase; timings of this run \
+             are not comparable to a quiet run's",
+            worst * 100.0
+        );
+        " (above 10 %: timings unreliable, memory figures still hold)"
+    } else {
+        ""
+    };
+    format!(
+        "\nCPU stolen by the hypervisor during each phase: {}{verdict}.\n",
+        list.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_a_share_of_all_ticks() {
+        let a = parse("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 1 2 3 4 5 6 7 8\n").unwrap();
+        let b = parse("cpu  150 0 70 900 10 0 5 65 9 0\n").unwrap();
+        assert_eq!(a.total, 1000);
+        // 30 of 200 ticks stolen; guest ticks (7 → 9) are not added twice.
+        assert!((share(&a, &b) - 0.15).abs() < 1e-9);
+    }
+
+    #[test]
+    fn short_or_missing_lines_are_rejected() {
+        assert!(parse("cpu0 1 2 3 4 5 6 7 8\n").is_none());
+        assert!(parse("cpu  1 2 3\n").is_none());
+    }
+
+    #[test]
+    fn report_flags_noisy_phases() {
+        assert!(!report(&[("direct", 0.01), ("meshed", 0.02)]).contains("unreliable"));
+        assert!(report(&[("direct", 0.01), ("meshed", 0.5)]).contains("unreliable"));
+    }
+}
