@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use lanyard_e2e::{Mesh, PodSpec};
 use serde_json::Value;
 
-use crate::steal::{self, Sample};
+use crate::steal;
 
 const IPERF_PORT: &str = "5201";
 const HTTP_PORT: u16 = 8080;
@@ -297,15 +297,11 @@ pub fn l4() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
 
     eprintln!("measuring direct (namespace not enrolled)…");
-    let t = Sample::now()?;
-    let direct = measure(&mut mesh, false)?;
-    let direct_steal = t.stolen_since()?;
+    let (direct, direct_steal) = steal::during(|| measure(&mut mesh, false))?;
     mesh.set_namespace_ambient("bench", true)?;
     mesh.wait_enrolled(Duration::from_secs(15))?;
     eprintln!("measuring meshed (namespace enrolled)…");
-    let t = Sample::now()?;
-    let meshed = measure(&mut mesh, true)?;
-    let meshed_steal = t.stolen_since()?;
+    let (meshed, meshed_steal) = steal::during(|| measure(&mut mesh, true))?;
     drop(mesh);
 
     let mut table = render(&direct, &meshed);

@@ -16,7 +16,7 @@ use lanyard_e2e::{Mesh, PodSpec, ServiceSpec};
 use serde_json::Value;
 
 use crate::bench::{cpu_seconds, rss_kib, run_json, tool};
-use crate::steal::{self, Sample};
+use crate::steal;
 
 const VIP: &str = "10.96.0.30";
 
@@ -181,29 +181,28 @@ pub fn l7() -> Result<()> {
     let nginx_cgroup = mesh.pod("nginx").cgroup.join("app");
 
     eprintln!("measuring direct…");
-    let t = Sample::now()?;
-    let direct = measure(&mesh, &format!("http://{server}/"), &Vec::new)?;
-    let direct_steal = t.stolen_since()?;
+    let (direct, direct_steal) =
+        steal::during(|| measure(&mesh, &format!("http://{server}/"), &Vec::new))?;
     eprintln!("measuring nginx…");
-    let t = Sample::now()?;
-    let via_nginx = measure(
-        &mesh,
-        &format!("http://{}:8080/", mesh.pod("nginx").ip),
-        &|| cgroup_pids(&nginx_cgroup),
-    )?;
-    let nginx_steal = t.stolen_since()?;
+    let (via_nginx, nginx_steal) = steal::during(|| {
+        measure(
+            &mesh,
+            &format!("http://{}:8080/", mesh.pod("nginx").ip),
+            &|| cgroup_pids(&nginx_cgroup),
+        )
+    })?;
     mesh.extra_yaml = config();
     mesh.set_namespace_ambient("bench", true)?;
     mesh.wait_enrolled(Duration::from_secs(15))?;
     std::thread::sleep(Duration::from_secs(1));
     let wp_cgroup = mesh.pod("waypoint-bench").cgroup.join("app");
     eprintln!("measuring waypoint…");
-    let t = Sample::now()?;
-    let via_wp = measure(&mesh, &format!("http://{VIP}:80/"), &|| {
-        // The waypoint process (its e2e-tool launcher has exec'd into it).
-        cgroup_pids(&wp_cgroup)
+    let (via_wp, wp_steal) = steal::during(|| {
+        measure(&mesh, &format!("http://{VIP}:80/"), &|| {
+            // The waypoint process (its e2e-tool launcher has exec'd into it).
+            cgroup_pids(&wp_cgroup)
+        })
     })?;
-    let wp_steal = t.stolen_since()?;
     drop(mesh);
     let mut table = render(&direct, &via_nginx, &via_wp);
     table += &steal::report(&[

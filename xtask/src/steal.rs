@@ -9,21 +9,28 @@ use anyhow::{Context, Result};
 /// Above this share of stolen CPU, a phase's timings say more about the host than the code.
 pub const UNRELIABLE: f64 = 0.10;
 
+/// Runs `phase` and returns its result with the share of CPU stolen while it ran.
+pub fn during<T>(phase: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let start = Sample::now()?;
+    let out = phase()?;
+    Ok((out, start.stolen_since()?))
+}
+
 /// Aggregate CPU counters at one instant, in clock ticks.
 #[derive(Clone, Copy, Debug)]
-pub struct Sample {
+struct Sample {
     steal: u64,
     total: u64,
 }
 
 impl Sample {
-    pub fn now() -> Result<Self> {
+    fn now() -> Result<Self> {
         let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
         parse(&stat).context("/proc/stat has no aggregate cpu line")
     }
 
     /// Share of all CPU time since `self` that was stolen, 0 to 1.
-    pub fn stolen_since(&self) -> Result<f64> {
+    fn stolen_since(&self) -> Result<f64> {
         let now = Self::now()?;
         Ok(share(self, &now))
     }
