@@ -1,13 +1,13 @@
 //! CPU time the hypervisor gave to other guests while a benchmark phase ran (the `steal`
 //! column of `/proc/stat`). On this shared machine it has gone from nothing to over 90 %
-//! within an hour, which turns latency figures into hundreds of milliseconds and halves
-//! throughput; a run's figures are only comparable to another's at similar steal, so each
+//! within an hour, which turned latency figures into hundreds of milliseconds and direct
+//! throughput from 47 to 6 Gb/s; a run's figures are only comparable to another's at similar steal, so each
 //! bench reports it next to its table.
 
 use anyhow::{Context, Result};
 
 /// Above this share of stolen CPU, a phase's timings say more about the host than the code.
-pub const UNRELIABLE: f64 = 0.10;
+const UNRELIABLE: f64 = 0.10;
 
 /// Runs `phase` and returns its result with the share of CPU stolen while it ran.
 pub fn during<T>(phase: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
@@ -74,9 +74,12 @@ pub fn report(phases: &[(&str, f64)]) -> String {
              are not comparable to a quiet run's",
             worst * 100.0
         );
-        " (above 10 %: timings unreliable, memory figures still hold)"
+        format!(
+            " (above {:.0} %: timings unreliable, memory figures still hold)",
+            UNRELIABLE * 100.0
+        )
     } else {
-        ""
+        String::new()
     };
     format!(
         "\nCPU stolen by the hypervisor during each phase: {}{verdict}.\n",
