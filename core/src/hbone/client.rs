@@ -8,7 +8,7 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::debug;
 
 use super::{Error, H2Stream, Settings};
@@ -24,6 +24,10 @@ pub struct ConnectRequest {
 pub struct Connection {
     send: SendRequest<Bytes>,
     active: Arc<AtomicUsize>,
+    /// Bounds the `CONNECT`s awaiting their answer. h2 queues each frame in a per-connection
+    /// slab that grows to its peak and never shrinks, on both peers: a burst of a connection's
+    /// full 256 opens at once would size those slabs for 256 frames for its whole life.
+    opening: Arc<Semaphore>,
     closed: watch::Receiver<bool>,
 }
 
@@ -71,6 +75,7 @@ where
     Ok(Connection {
         send,
         active: Arc::new(AtomicUsize::new(0)),
+        opening: Arc::new(Semaphore::new(settings.max_opening as usize)),
         closed,
     })
 }
@@ -104,6 +109,8 @@ impl Connection {
             h.extend(req.headers);
         }
         let request = builder.body(())?;
+        // Never closed, so a permit always comes; it is released once the answer is in.
+        let _opening = self.opening.acquire().await;
         let mut send = self.send.clone().ready().await?;
         let (response, send_stream) = send.send_request(request, false)?;
         let response = response.await?;

@@ -173,3 +173,38 @@ async fn refuses_a_client_from_another_root() {
     .await;
     assert!(server.await.unwrap().is_err());
 }
+
+/// Opens beyond `max_opening` wait for an answer to an earlier one before they reach the
+/// peer, so neither side ever queues more than that many `CONNECT`s at once.
+#[tokio::test]
+async fn opens_wait_while_max_opening_are_unanswered() {
+    let settings = Settings {
+        max_opening: 2,
+        ..Settings::default()
+    };
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(serve(server_io, settings, move |req: InboundRequest| {
+        assert!(tx.try_send(req).is_ok(), "test channel has room");
+    }));
+    let conn = handshake(client_io, settings).await.unwrap();
+    for port in 1..=3 {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let req = ConnectRequest {
+                authority: ([127, 0, 0, 1], port).into(),
+                headers: Default::default(),
+            };
+            let _ = conn.connect(req).await;
+        });
+    }
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<InboundRequest>) -> Option<InboundRequest> {
+        let wait = tokio::time::timeout(Duration::from_millis(300), rx.recv());
+        wait.await.ok().flatten()
+    }
+    let first = next(&mut rx).await.expect("first CONNECT arrives");
+    let _second = next(&mut rx).await.expect("second CONNECT arrives");
+    assert!(next(&mut rx).await.is_none(), "a third went out unanswered");
+    first.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(next(&mut rx).await.is_some(), "the third follows an answer");
+}
