@@ -32,6 +32,19 @@ fn main() {
     );
     println!("cargo:rerun-if-env-changed=CLANG");
     link_order();
+    pack_relocations();
+}
+
+/// Release builds pack the relative relocations (DT_RELR, glibc 2.36+, as in the image's
+/// Debian 12 base). The loader reads every relocation once at start-up and the pages stay
+/// resident: as RELA entries they were 472 KiB of the idle agent's RSS.
+fn pack_relocations() {
+    let release = std::env::var("PROFILE").as_deref() == Ok("release");
+    // lld's option, as for the link order below.
+    let lld_target = std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu");
+    if release && lld_target {
+        println!("cargo:rustc-link-arg-bin=lanyard-agent=-Wl,-z,pack-relative-relocs");
+    }
 }
 
 /// Release builds lay out the agent's text with the functions it runs first, in the order of
