@@ -9,7 +9,7 @@
 //! Why not one work-stealing runtime: with two workers each request paid two `futex` wake-ups,
 //! and one worker served about a third more requests per core (docs/benchmarks.md, session 9).
 //! The cost: one HBONE connection, with all of its streams, is served by one thread, as in
-//! Envoy. Agents open one per node (more past 128 streams), so load spreads by client node.
+//! Envoy. Agents open one per node (more past 256 streams), so load spreads by client node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
