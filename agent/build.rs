@@ -37,7 +37,8 @@ fn main() {
 
 /// Release builds pack the relative relocations (DT_RELR, glibc 2.36+, as in the image's
 /// Debian 12 base). The loader reads every relocation once at start-up and the pages stay
-/// resident: as RELA entries they were 472 KiB of the idle agent's RSS.
+/// resident: 472 KiB of RELA entries, 6 KiB packed. Idle file-backed RSS fell by about
+/// 0.13 MiB (paired reads; the kernel maps neighbouring cached pages on a fault anyway).
 fn pack_relocations() {
     let release = std::env::var("PROFILE").as_deref() == Ok("release");
     // lld's option, as for the link order below.
