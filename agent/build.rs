@@ -40,10 +40,7 @@ fn main() {
 /// resident: 472 KiB of RELA entries, 6 KiB packed. Idle file-backed RSS fell by about
 /// 0.13 MiB (paired reads; the kernel maps neighbouring cached pages on a fault anyway).
 fn pack_relocations() {
-    let release = std::env::var("PROFILE").as_deref() == Ok("release");
-    // lld's option, as for the link order below.
-    let lld_target = std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu");
-    if release && lld_target {
+    if release_with_lld() {
         println!("cargo:rustc-link-arg-bin=lanyard-agent=-Wl,-z,pack-relative-relocs");
     }
 }
@@ -58,14 +55,7 @@ fn link_order() {
     let order = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("link-order.txt");
     println!("cargo:rerun-if-changed={}", order.display());
     println!("cargo:rerun-if-env-changed=LANYARD_NO_LINK_ORDER");
-    let release = std::env::var("PROFILE").as_deref() == Ok("release");
-    // The option is lld's (Rust's default linker on this target); other linkers lack it.
-    let lld_target = std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu");
-    if release
-        && lld_target
-        && order.exists()
-        && std::env::var_os("LANYARD_NO_LINK_ORDER").is_none()
-    {
+    if release_with_lld() && order.exists() && std::env::var_os("LANYARD_NO_LINK_ORDER").is_none() {
         for arg in [
             format!("-Wl,--symbol-ordering-file={}", order.display()),
             "-Wl,--no-warn-symbol-ordering".to_string(),
@@ -73,4 +63,10 @@ fn link_order() {
             println!("cargo:rustc-link-arg-bin=lanyard-agent={arg}");
         }
     }
+}
+
+/// A release build on the target whose default linker is lld, whose options these are.
+fn release_with_lld() -> bool {
+    std::env::var("PROFILE").as_deref() == Ok("release")
+        && std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu")
 }
