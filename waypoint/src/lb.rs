@@ -4,6 +4,10 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+
+/// Per-request lookups; keys come from config and endpoints, not from clients, so a fast
+/// seeded hash is safe here.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,8 +43,8 @@ pub struct Cluster {
     active: Option<Arc<Semaphore>>,
     /// Requests waiting for `active`, bounded by http1MaxPendingRequests.
     pending: AtomicUsize,
-    health: Mutex<HashMap<SocketAddr, Health>>,
-    in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    health: Mutex<Map<SocketAddr, Health>>,
+    in_flight: Mutex<Map<SocketAddr, Arc<AtomicUsize>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -77,7 +81,7 @@ pub enum Outcome {
 
 #[derive(Default)]
 pub struct Balancer {
-    clusters: Mutex<HashMap<ClusterKey, Arc<Cluster>>>,
+    clusters: Mutex<Map<ClusterKey, Arc<Cluster>>>,
 }
 
 // === impl Balancer ===
@@ -113,8 +117,8 @@ impl Cluster {
             active: cap.map(|n| Arc::new(Semaphore::new(n as usize))),
             pending: AtomicUsize::new(0),
             limits,
-            health: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashMap::new()),
+            health: Mutex::new(Map::default()),
+            in_flight: Mutex::new(Map::default()),
         }
     }
 
