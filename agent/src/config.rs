@@ -84,8 +84,9 @@ pub struct Args {
     pub metrics_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
-    /// Threads that run the data path. With 1, everything runs on one thread, with no
-    /// wake-ups between threads: the least CPU per request at moderate rates.
+    /// Threads that run the data path, each serving all connections of the pods given to it
+    /// at enrollment (`workers.rs`); config, enrollment and the admin endpoints run on the
+    /// main thread.
     #[arg(long, env = "LANYARD_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
     /// Remove pinned BPF state on exit (capture stops). Without it, capture stays and

@@ -14,3 +14,4 @@ pub mod enroll;
 pub mod metrics;
 pub mod proxy;
 pub mod socket;
+pub mod workers;

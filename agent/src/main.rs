@@ -9,6 +9,7 @@ use lanyard_agent::config::{Args, Config};
 use lanyard_agent::enroll::Enroller;
 use lanyard_agent::metrics::Metrics;
 use lanyard_agent::proxy::ProxyInputs;
+use lanyard_agent::workers::Workers;
 use lanyard_core::access_log::AccessLog;
 use lanyard_core::secrets::SecretConfig;
 use lanyard_core::state::Settings;
@@ -33,7 +34,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    lanyard_core::runtime::build(config.worker_threads)?.block_on(run(config))
+    // The control plane's runtime; pods' connections run on `Workers`.
+    lanyard_core::runtime::build(1)?.block_on(run(config))
 }
 
 /// Every proxied connection holds descriptors; the default soft limit (1024) is far too low
@@ -119,6 +121,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         secrets,
         metrics,
         capture.clone(),
+        Workers::start(config.worker_threads)?,
     ));
     let (enroller, enrolled) = Enroller::new(inputs.clone(), Netns::host()?);
     let (ready_tx, ready) = watch::channel(false);

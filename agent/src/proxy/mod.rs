@@ -39,6 +39,7 @@ use crate::capture::{self, Capture};
 use crate::config::Config;
 use crate::metrics::{Addr, Metrics, Party};
 use crate::socket;
+use crate::workers::Workers;
 
 /// What every pod proxy shares.
 pub struct ProxyInputs {
@@ -48,6 +49,7 @@ pub struct ProxyInputs {
     pub pool: Arc<pool::Pool>,
     pub metrics: Arc<Metrics>,
     pub capture: Arc<Capture>,
+    pub workers: Workers,
     conn_ids: AtomicU64,
 }
 
@@ -58,6 +60,7 @@ impl ProxyInputs {
         secrets: SecretManager<CaClient>,
         metrics: Arc<Metrics>,
         capture: Arc<Capture>,
+        workers: Workers,
     ) -> Self {
         let pool = pool::Pool::new(
             config.hbone,
@@ -72,6 +75,7 @@ impl ProxyInputs {
             pool: Arc::new(pool),
             metrics,
             capture,
+            workers,
             conn_ids: AtomicU64::new(1),
         }
     }
@@ -352,44 +356,54 @@ impl PodProxy {
             source_ports,
             live: Mutex::new(HashMap::new()),
         });
+        // The pod's listeners, and so all of its connections, live on one worker.
+        let worker = ctx.inputs.workers.next();
         let tasks = vec![
-            tokio::spawn(accept_loop(
-                ctx.clone(),
-                outbound,
-                "outbound",
-                outbound::handle,
-            ))
-            .abort_handle(),
-            tokio::spawn(accept_loop(
-                ctx.clone(),
-                plaintext,
-                "inbound_plaintext",
-                inbound_plaintext::handle,
-            ))
-            .abort_handle(),
-            tokio::spawn(accept_loop(
-                ctx.clone(),
-                hbone,
-                "inbound",
-                inbound::serve_connection,
-            ))
-            .abort_handle(),
+            worker
+                .spawn(accept_loop(
+                    ctx.clone(),
+                    outbound,
+                    "outbound",
+                    outbound::handle,
+                ))
+                .abort_handle(),
+            worker
+                .spawn(accept_loop(
+                    ctx.clone(),
+                    plaintext,
+                    "inbound_plaintext",
+                    inbound_plaintext::handle,
+                ))
+                .abort_handle(),
+            worker
+                .spawn(accept_loop(
+                    ctx.clone(),
+                    hbone,
+                    "inbound",
+                    inbound::serve_connection,
+                ))
+                .abort_handle(),
         ];
         Ok(Self { ctx, tasks })
     }
 }
 
 /// Accepts on `listener` until the pod proxy stops, handing each connection to `handle` on
-/// its own task, inside a span naming the direction, connection id, pod and peer.
+/// its own task, inside a span naming the direction, connection id, pod and peer. Runs on
+/// the pod's worker, whose runtime the listener is registered with here.
 async fn accept_loop<F, Fut>(
     pod: Arc<PodCtx>,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     direction: &'static str,
     handle: F,
 ) where
     F: Fn(Arc<PodCtx>, u64, TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(direction, pod = %pod.workload.name, "listener: {e}"),
+    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
