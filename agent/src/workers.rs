@@ -80,7 +80,9 @@ mod tests {
                 workers.next().spawn(async move {
                     let _ = tx.send(std::thread::current().name().map(str::to_string));
                 });
-                rx.recv().unwrap().unwrap()
+                rx.recv_timeout(std::time::Duration::from_secs(5))
+                    .unwrap()
+                    .unwrap()
             })
             .collect();
         assert_eq!(

@@ -332,18 +332,25 @@ impl PodProxy {
     ) -> Result<Self, StartError> {
         socket::prepare_return_path(&netns)?;
         let source_ports = socket::SourcePorts::of(&netns)?;
-        let outbound = socket::listen(
-            &netns,
-            SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
-        )?;
-        let plaintext = socket::listen(
-            &netns,
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)),
-        )?;
-        let hbone = socket::listen(
-            &netns,
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)),
-        )?;
+        // The pod's listeners, and so all of its connections, live on one worker: its runtime
+        // is the one they register with.
+        let worker = inputs.workers.next().clone();
+        let (outbound, plaintext, hbone) = {
+            let _on_worker = worker.enter();
+            let outbound = socket::listen(
+                &netns,
+                SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
+            )?;
+            let plaintext = socket::listen(
+                &netns,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)),
+            )?;
+            let hbone = socket::listen(
+                &netns,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)),
+            )?;
+            (outbound, plaintext, hbone)
+        };
         inputs.capture.enroll(&netns, ip, &plaintext)?;
         let identity = workload.identity(&inputs.config.trust_domain);
         inputs.secrets.prefetch(&identity);
@@ -356,8 +363,6 @@ impl PodProxy {
             source_ports,
             live: Mutex::new(HashMap::new()),
         });
-        // The pod's listeners, and so all of its connections, live on one worker.
-        let worker = ctx.inputs.workers.next();
         let tasks = vec![
             worker
                 .spawn(accept_loop(
@@ -389,21 +394,16 @@ impl PodProxy {
 }
 
 /// Accepts on `listener` until the pod proxy stops, handing each connection to `handle` on
-/// its own task, inside a span naming the direction, connection id, pod and peer. Runs on
-/// the pod's worker, whose runtime the listener is registered with here.
+/// its own task, inside a span naming the direction, connection id, pod and peer.
 async fn accept_loop<F, Fut>(
     pod: Arc<PodCtx>,
-    listener: std::net::TcpListener,
+    listener: TcpListener,
     direction: &'static str,
     handle: F,
 ) where
     F: Fn(Arc<PodCtx>, u64, TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => return tracing::error!(direction, pod = %pod.workload.name, "listener: {e}"),
-    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::capture;
 use crate::capture::maps::MARK_SPOOFED;
@@ -49,7 +49,7 @@ const SOURCE_PORT_ATTEMPTS: usize = 64;
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// A listener bound in `netns`.
-pub fn listen(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+pub fn listen(netns: &Netns, addr: SocketAddr) -> Result<TcpListener, Error> {
     let std = netns.run(|| -> std::io::Result<std::net::TcpListener> {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         s.set_reuse_address(true)?;
@@ -62,8 +62,7 @@ pub fn listen(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, 
         s.listen(LISTEN_BACKLOG)?;
         Ok(s.into())
     })??;
-    // Registered with a runtime by the worker that accepts on it.
-    Ok(std)
+    Ok(TcpListener::from_std(std)?)
 }
 
 fn socket_in(netns: &Netns, mark: u32, bind: Option<SocketAddrV4>) -> Result<TcpSocket, Error> {
