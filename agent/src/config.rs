@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use lanyard_core::ca::CaEndpoint;
 use lanyard_core::hbone;
+use lanyard_core::runtime::Scheduling;
 
 /// Mesh-wide mTLS mode for inbound plaintext, where no PeerAuthentication sets one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -89,6 +90,11 @@ pub struct Args {
     /// main thread.
     #[arg(long, env = "LANYARD_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
+    /// How the kernel schedules those threads: `batch` (a worker woken by traffic waits for
+    /// the task running on its CPU to block rather than preempt it; fewer context switches)
+    /// or `normal`. See `lanyard_core::runtime::Scheduling`.
+    #[arg(long, env = "LANYARD_WORKER_SCHEDULING", default_value = "batch")]
+    pub worker_scheduling: Scheduling,
     /// Remove pinned BPF state on exit (capture stops). Without it, capture stays and
     /// connections of enrolled pods fail until the agent is back: fail closed.
     #[arg(long)]
@@ -121,6 +127,7 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
     pub worker_threads: usize,
+    pub worker_scheduling: Scheduling,
     pub cleanup_on_exit: bool,
     pub hbone: hbone::Settings,
     pub connect_timeout: Duration,
@@ -165,6 +172,7 @@ impl From<Args> for Config {
             metrics_addr: a.metrics_addr,
             readiness_addr: a.readiness_addr,
             worker_threads: a.worker_threads.max(1),
+            worker_scheduling: a.worker_scheduling,
             cleanup_on_exit: a.cleanup_on_exit,
             hbone: hbone::Settings::default(),
             connect_timeout: Duration::from_secs(5),

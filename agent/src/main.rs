@@ -121,7 +121,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         secrets,
         metrics,
         capture.clone(),
-        Workers::start(config.worker_threads)?,
+        Workers::start(config.worker_threads, config.worker_scheduling)?,
     ));
     let (enroller, enrolled) = Enroller::new(inputs.clone(), Netns::host()?);
     let (ready_tx, ready) = watch::channel(false);

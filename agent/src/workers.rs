@@ -14,7 +14,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
+use lanyard_core::runtime::{self, Scheduling};
 use tokio::runtime::Handle;
+use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,16 +32,24 @@ pub struct Workers {
 // === impl Workers ===
 
 impl Workers {
-    /// Starts `n` (at least one) worker threads, each running its runtime until the process
-    /// exits.
-    pub fn start(n: usize) -> Result<Self, Error> {
+    /// Starts `n` (at least one) worker threads, scheduled as `scheduling`, each running its
+    /// runtime until the process exits.
+    pub fn start(n: usize, scheduling: Scheduling) -> Result<Self, Error> {
         let mut handles = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
             let (tx, rx) = mpsc::sync_channel(1);
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || match lanyard_core::runtime::build(1) {
+                .spawn(move || match runtime::build(1) {
                     Ok(rt) => {
+                        // Only a cost, never a fault: the worker serves either way.
+                        if let Err(e) = runtime::set_thread_scheduling(scheduling) {
+                            warn!(
+                                worker = i,
+                                ?scheduling,
+                                "scheduling policy not applied: {e}"
+                            );
+                        }
                         let _ = tx.send(Ok(rt.handle().clone()));
                         rt.block_on(std::future::pending::<()>());
                     }
@@ -73,7 +83,7 @@ mod tests {
 
     #[test]
     fn pods_are_spread_over_every_worker_in_turn() {
-        let workers = Workers::start(3).unwrap();
+        let workers = Workers::start(3, Scheduling::Normal).unwrap();
         let threads: Vec<_> = (0..6)
             .map(|_| {
                 let (tx, rx) = mpsc::channel();
@@ -89,5 +99,22 @@ mod tests {
             threads,
             ["worker-0", "worker-1", "worker-2", "worker-0", "worker-1", "worker-2"]
         );
+    }
+
+    #[test]
+    fn workers_run_with_the_scheduling_asked_for() {
+        for (scheduling, policy) in [
+            (Scheduling::Batch, libc::SCHED_BATCH),
+            (Scheduling::Normal, libc::SCHED_OTHER),
+        ] {
+            let workers = Workers::start(1, scheduling).unwrap();
+            let (tx, rx) = mpsc::channel();
+            workers.next().spawn(async move {
+                // SAFETY: plain query of the calling thread.
+                let _ = tx.send(unsafe { libc::sched_getscheduler(0) });
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+            assert_eq!(got, policy, "{scheduling:?}");
+        }
     }
 }

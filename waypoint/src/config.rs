@@ -8,6 +8,7 @@ use clap::Parser;
 use lanyard_core::ca::CaEndpoint;
 use lanyard_core::hbone;
 use lanyard_core::identity::Identity;
+use lanyard_core::runtime::Scheduling;
 use lanyard_core::state::Waypoint;
 
 use crate::trace::Tracing;
@@ -55,6 +56,11 @@ pub struct Args {
     /// downstream connection stays on one of them (workers.rs).
     #[arg(long, env = "LANYARD_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
+    /// How the kernel schedules those threads: `batch` (a worker woken by traffic waits for
+    /// the task running on its CPU to block rather than preempt it; fewer context switches)
+    /// or `normal`. See `lanyard_core::runtime::Scheduling`.
+    #[arg(long, env = "LANYARD_WORKER_SCHEDULING", default_value = "batch")]
+    pub worker_scheduling: Scheduling,
     /// One JSON line per request on stdout, or none.
     #[arg(long, env = "LANYARD_ACCESS_LOG", default_value = "stdout", value_parser = ["stdout", "off"])]
     pub access_log: String,
@@ -94,6 +100,7 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub worker_threads: usize,
+    pub worker_scheduling: Scheduling,
     pub hbone: hbone::Settings,
     /// Upstream TCP connect timeout when no DestinationRule sets one (Envoy's default).
     pub connect_timeout: Duration,
@@ -131,6 +138,7 @@ impl From<Args> for Config {
             admin_addr: a.admin_addr,
             metrics_addr: a.metrics_addr,
             worker_threads: a.worker_threads.max(1),
+            worker_scheduling: a.worker_scheduling,
             hbone: hbone::Settings::default(),
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),

@@ -103,6 +103,11 @@ fn run(
     secrets: Secrets,
     sweep: Duration,
 ) -> std::io::Result<()> {
+    let scheduling = inputs.config.worker_scheduling;
+    // Only a cost, never a fault: the worker serves either way.
+    if let Err(e) = lanyard_core::runtime::set_thread_scheduling(scheduling) {
+        tracing::warn!(?scheduling, "scheduling policy not applied: {e}");
+    }
     lanyard_core::runtime::build(1)?.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
         let idle = inputs.config.pool_idle_timeout;
