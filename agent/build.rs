@@ -49,15 +49,25 @@ fn pack_relocations() {
 /// `link-order.txt` (xtask `link-order` writes it). Started, an agent touches about a fifth of
 /// its code; scattered over the whole text, those functions keep nearly every page resident,
 /// while packed together they fill a few hundred pages (docs/benchmarks.md, session 12).
-/// Symbols the list names that a build no longer has are skipped, so a stale list costs
-/// memory, never correctness.
+///
+/// The list names functions without their symbols' hashes, which change with how the crates
+/// were built; the workspace's linker driver (.cargo/linker/cc) turns it into the symbols of
+/// this link, in `link-order.resolved`. Until then that file holds the list itself, so a link
+/// without the driver loses the layout, never the link. Names the build no longer has are
+/// skipped: a stale list costs memory, never correctness.
 fn link_order() {
     let order = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("link-order.txt");
     println!("cargo:rerun-if-changed={}", order.display());
     println!("cargo:rerun-if-env-changed=LANYARD_NO_LINK_ORDER");
     if release_with_lld() && order.exists() && std::env::var_os("LANYARD_NO_LINK_ORDER").is_none() {
+        let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+        let resolved = out.join("link-order.resolved");
+        for file in ["link-order.wanted", "link-order.resolved"] {
+            std::fs::copy(&order, out.join(file))
+                .unwrap_or_else(|e| panic!("copying {} to {file}: {e}", order.display()));
+        }
         for arg in [
-            format!("-Wl,--symbol-ordering-file={}", order.display()),
+            format!("-Wl,--symbol-ordering-file={}", resolved.display()),
             "-Wl,--no-warn-symbol-ordering".to_string(),
         ] {
             println!("cargo:rustc-link-arg-bin=lanyard-agent={arg}");

@@ -6,10 +6,11 @@
 //! How the list is found: a release agent (the order of its text does not matter); one uprobe
 //! counter per function of its symbol table (every process, CPU 0), with the agents pinned to
 //! CPU 0 by a wrapper; a run of the L4 bench's kinds of traffic in the netns harness; every
-//! function whose counter moved is listed. Needs root and a kernel with uprobes. Opening the counters
-//! takes seconds; removing them takes the kernel many minutes after the tool exits (one RCU
-//! grace period per uprobe), and a second run started meanwhile opens its counters just as
-//! slowly.
+//! function whose counter moved is listed, by its name without the build's hashes
+//! ([`hash_free`]). Needs root and a kernel with uprobes. Opening the counters took seconds on
+//! one host and ten minutes on another (14k functions, session 17); removing them takes the
+//! kernel many minutes after the tool exits (one RCU grace period per uprobe), and a second
+//! run started meanwhile opens its counters just as slowly.
 
 use std::fs::File;
 use std::io::Read;
@@ -78,7 +79,13 @@ pub fn write() -> Result<()> {
     }
     // Hottest first: the data path shares its pages (and TLB entries) with itself.
     hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-    let list: String = hits.iter().map(|(_, s)| format!("{s}\n")).collect();
+    let mut seen = std::collections::HashSet::new();
+    let list: String = hits
+        .iter()
+        .map(|(_, s)| hash_free(s))
+        .filter(|name| seen.insert(name.clone()))
+        .map(|name| format!("{name}\n"))
+        .collect();
     std::fs::write(root.join("agent/link-order.txt"), list)?;
     eprintln!(
         "agent/link-order.txt: {} of {} functions ran; the kernel now removes the uprobes, \
@@ -88,6 +95,46 @@ pub fn write() -> Result<()> {
     );
     drop(counters);
     Ok(())
+}
+
+/// A symbol without what depends on how its crate was built: the legacy mangling's hash
+/// (`17h<hex>E`), v0 crate disambiguators (`Cs<base62>_`) and LTO's numeric suffixes. The
+/// list holds these names; .cargo/linker/cc finds a link's symbols by the same rules (its awk
+/// `key`), so the two must change together.
+fn hash_free(symbol: &str) -> String {
+    let mut s = symbol;
+    if let Some((head, n)) = s.rsplit_once('.') {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            s = head.strip_suffix(".llvm").unwrap_or(head);
+        }
+    }
+    if let Some(body) = s.strip_suffix('E') {
+        let hex = body.len()
+            - body
+                .trim_end_matches(|c: char| matches!(c, '0'..='9' | 'a'..='f'))
+                .len();
+        if hex > 0 && body[..body.len() - hex].ends_with("17h") {
+            s = &body[..body.len() - hex - 3];
+        }
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("Cs") {
+        let after = &rest[i + 2..];
+        let run = after.len()
+            - after
+                .trim_start_matches(|c: char| c.is_ascii_alphanumeric())
+                .len();
+        if run > 0 && after[run..].starts_with('_') {
+            out.push_str(&rest[..i]);
+            rest = &after[run + 1..];
+        } else {
+            out.push_str(&rest[..i + 1]);
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The sized Rust functions of the binary's symbol table, with their offsets in the file (uprobes
@@ -212,4 +259,38 @@ fn traffic() -> Result<()> {
     drop(held);
     std::thread::sleep(Duration::from_secs(35));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hash_free;
+
+    #[test]
+    fn names_lose_what_depends_on_the_build_and_nothing_else() {
+        for (symbol, name) in [
+            (
+                "_ZN7aya_obj3btf3btf8BtfTypes4push17h9c7a150d4882c5aeE",
+                "_ZN7aya_obj3btf3btf8BtfTypes4push",
+            ),
+            (
+                "_RNvCsfLfy6EI15iL_7___rustc12___rust_alloc",
+                "_RNv7___rustc12___rust_alloc",
+            ),
+            (
+                "_RNvNtCslNYArtu3iFV_5alloc5boxed14box_new_uninit.4247",
+                "_RNvNt5alloc5boxed14box_new_uninit",
+            ),
+            (
+                "_ZN4core3fmt5write17h0123456789abcdefE.llvm.42",
+                "_ZN4core3fmt5write",
+            ),
+            // Not a hash: upper-case hex, or no `17h` before it.
+            ("_ZN3foo3bar17hABCE", "_ZN3foo3bar17hABCE"),
+            ("_ZN3foo9bar_cafeE", "_ZN3foo9bar_cafeE"),
+            ("_ZN3foo8CsvThing3new", "_ZN3foo8CsvThing3new"),
+            ("sha256_block_data_order", "sha256_block_data_order"),
+        ] {
+            assert_eq!(hash_free(symbol), name, "{symbol}");
+        }
+    }
 }
