@@ -264,6 +264,8 @@ fn traffic() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::hash_free;
+    use std::path::Path;
+    use std::process::Command;
 
     #[test]
     fn names_lose_what_depends_on_the_build_and_nothing_else() {
@@ -292,5 +294,82 @@ mod tests {
         ] {
             assert_eq!(hash_free(symbol), name, "{symbol}");
         }
+    }
+
+    /// The linker driver, on a C object whose function names look like Rust's: it writes the
+    /// link's own symbols for the listed names, in the list's order, and lld lays out the text
+    /// that way.
+    #[test]
+    fn the_linker_driver_resolves_the_list_and_lld_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (cold, hot, warm) = (
+            "_ZN4demo4cold17h00000000000000aaE",
+            "_ZN4demo3hot17h1111111111111111E",
+            "_RNvCs1234abcd_4demo4warm",
+        );
+        std::fs::write(
+            d.join("demo.c"),
+            format!(
+                "int {cold}(void) {{ return 1; }}\nint {hot}(void) {{ return 2; }}\n\
+                 int {warm}(void) {{ return 3; }}\n\
+                 int main(void) {{ return {cold}() + {hot}() + {warm}(); }}\n"
+            ),
+        )
+        .unwrap();
+        run(Command::new("cc")
+            .args(["-c", "-O0", "-ffunction-sections", "-o"])
+            .arg(d.join("demo.o"))
+            .arg(d.join("demo.c")));
+        let list = format!("{}\n{}\n", hash_free(hot), hash_free(warm));
+        assert_eq!(list, "_ZN4demo3hot\n_RNv4demo4warm\n");
+        for file in ["link-order.wanted", "link-order.resolved"] {
+            std::fs::write(d.join(file), &list).unwrap();
+        }
+        let sysroot = String::from_utf8(
+            Command::new("rustc")
+                .args(["--print", "sysroot"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let lld = Path::new(sysroot.trim()).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld");
+        let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cargo/linker/cc");
+        run(Command::new(driver)
+            .arg(d.join("demo.o"))
+            .arg(format!("-B{}", lld.display()))
+            .arg("-fuse-ld=lld")
+            .arg(format!(
+                "-Wl,--symbol-ordering-file={}",
+                d.join("link-order.resolved").display()
+            ))
+            .arg("-o")
+            .arg(d.join("demo")));
+
+        let resolved = std::fs::read_to_string(d.join("link-order.resolved")).unwrap();
+        assert_eq!(resolved, format!("{hot}\n{warm}\n"));
+        let nm = Command::new("nm")
+            .arg("-n")
+            .arg(d.join("demo"))
+            .output()
+            .unwrap();
+        let order: Vec<String> = String::from_utf8(nm.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .filter(|s| [cold, hot, warm].contains(s))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(order, [hot, warm, cold]);
+    }
+
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
