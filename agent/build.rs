@@ -50,8 +50,8 @@ fn pack_relocations() {
 /// its code; scattered over the whole text, those functions keep nearly every page resident,
 /// while packed together they fill a few hundred pages (docs/benchmarks.md, session 12).
 ///
-/// The list names functions without their symbols' hashes, which change with how the crates
-/// were built; the workspace's linker driver (.cargo/linker/cc) turns it into the symbols of
+/// The list names functions without their symbols' hashes, which change with the features a
+/// build unifies and from one machine to another; the workspace's linker driver (.cargo/linker/cc) turns it into the symbols of
 /// this link, in `link-order.resolved`. Until then that file holds the list itself, so a link
 /// without the driver loses the layout, never the link. Names the build no longer has are
 /// skipped: a stale list costs memory, never correctness.

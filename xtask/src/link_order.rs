@@ -97,7 +97,7 @@ pub fn write() -> Result<()> {
     Ok(())
 }
 
-/// A symbol without what depends on how its crate was built: the legacy mangling's hash
+/// A symbol without what differs between builds of the same sources: the legacy mangling's hash
 /// (`17h<hex>E`), v0 crate disambiguators (`Cs<base62>_`) and LTO's numeric suffixes. The
 /// list holds these names; .cargo/linker/cc finds a link's symbols by the same rules (its awk
 /// `key`), so the two must change together.
