@@ -79,10 +79,10 @@ pub fn write() -> Result<()> {
     }
     // Hottest first: the data path shares its pages (and TLB entries) with itself.
     hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let symbols: Vec<&str> = hits.iter().map(|(_, s)| *s).collect();
     let mut seen = std::collections::HashSet::new();
-    let list: String = hits
-        .iter()
-        .map(|(_, s)| hash_free(s))
+    let list: String = hash_free(&symbols)?
+        .into_iter()
         .filter(|name| seen.insert(name.clone()))
         .map(|name| format!("{name}\n"))
         .collect();
@@ -97,44 +97,40 @@ pub fn write() -> Result<()> {
     Ok(())
 }
 
-/// A symbol without what differs between builds of the same sources: the legacy mangling's hash
-/// (`17h<hex>E`), v0 crate disambiguators (`Cs<base62>_`) and LTO's numeric suffixes. The
-/// list holds these names; .cargo/linker/cc finds a link's symbols by the same rules (its awk
-/// `key`), so the two must change together.
-fn hash_free(symbol: &str) -> String {
-    let mut s = symbol;
-    if let Some((head, n)) = s.rsplit_once('.') {
-        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
-            s = head.strip_suffix(".llvm").unwrap_or(head);
-        }
+/// Each symbol without what differs between builds of the same sources (the legacy
+/// mangling's hash, v0 crate disambiguators, LTO's numeric suffixes), by the rule the linker
+/// driver resolves the list with: `.cargo/linker/cc --hash-free`, so the two cannot drift.
+fn hash_free(symbols: &[&str]) -> Result<Vec<String>> {
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cargo/linker/cc");
+    let mut child = Command::new(&driver)
+        .arg("--hash-free")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", driver.display()))?;
+    let input: String = symbols.iter().map(|s| format!("{s}\n")).collect();
+    let mut stdin = child.stdin.take().context("driver's stdin")?;
+    // Written from another thread: the driver answers line by line and would fill its pipe.
+    let writer =
+        std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()));
+    let out = child.wait_with_output()?;
+    writer.join().expect("writer thread")?;
+    if !out.status.success() {
+        bail!("{} --hash-free: {}", driver.display(), out.status);
     }
-    if let Some(body) = s.strip_suffix('E') {
-        let hex = body.len()
-            - body
-                .trim_end_matches(|c: char| matches!(c, '0'..='9' | 'a'..='f'))
-                .len();
-        if hex > 0 && body[..body.len() - hex].ends_with("17h") {
-            s = &body[..body.len() - hex - 3];
-        }
+    let names: Vec<String> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if names.len() != symbols.len() {
+        bail!(
+            "{} --hash-free: {} names for {} symbols",
+            driver.display(),
+            names.len(),
+            symbols.len()
+        );
     }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("Cs") {
-        let after = &rest[i + 2..];
-        let run = after.len()
-            - after
-                .trim_start_matches(|c: char| c.is_ascii_alphanumeric())
-                .len();
-        if run > 0 && after[run..].starts_with('_') {
-            out.push_str(&rest[..i]);
-            rest = &after[run + 1..];
-        } else {
-            out.push_str(&rest[..i + 1]);
-            rest = &rest[i + 1..];
-        }
-    }
-    out.push_str(rest);
-    out
+    Ok(names)
 }
 
 /// The sized Rust functions of the binary's symbol table, with their offsets in the file (uprobes
@@ -292,7 +288,7 @@ mod tests {
             ("_ZN3foo8CsvThing3new", "_ZN3foo8CsvThing3new"),
             ("sha256_block_data_order", "sha256_block_data_order"),
         ] {
-            assert_eq!(hash_free(symbol), name, "{symbol}");
+            assert_eq!(hash_free(&[symbol]).unwrap(), [name], "{symbol}");
         }
     }
 
@@ -321,7 +317,7 @@ mod tests {
             .args(["-c", "-O0", "-ffunction-sections", "-o"])
             .arg(d.join("demo.o"))
             .arg(d.join("demo.c")));
-        let list = format!("{}\n{}\n", hash_free(hot), hash_free(warm));
+        let list = hash_free(&[hot, warm]).unwrap().join("\n") + "\n";
         assert_eq!(list, "_ZN4demo3hot\n_RNv4demo4warm\n");
         for file in ["link-order.wanted", "link-order.resolved"] {
             std::fs::write(d.join(file), &list).unwrap();
