@@ -47,8 +47,15 @@ where
     let connector = tokio_rustls::TlsConnector::from(cert.client_config(expected)?);
     // SPIFFE certificates have no DNS name; the verifier checks the identity instead.
     let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
-    Ok(connector.connect(name, io).await?)
+    let mut tls = connector.connect(name, io).await?;
+    tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+    Ok(tls)
 }
+
+/// What a TLS session buffers for sending, encrypted, before a write must wait for the
+/// socket (rustls's default is 64 KiB). HBONE's bulk frames are 256 KiB: a frame that does
+/// not fit is split over two writes to the socket.
+pub const SEND_BUFFER_LIMIT: usize = 256 * 1024 + 1024;
 
 /// Server side: presents `cert`, requires a client certificate from `trust_domain`.
 pub async fn accept<IO>(
@@ -60,7 +67,8 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config());
-    let tls = acceptor.accept(io).await?;
+    let mut tls = acceptor.accept(io).await?;
+    tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
     let peer = peer_identity(tls.get_ref().1, trust_domain)?;
     Ok((tls, peer))
 }
