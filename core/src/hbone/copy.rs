@@ -25,9 +25,9 @@ const FRAME_HEADER: usize = 9;
 /// write to the TLS session. With 64 KiB reads (frame plus header just over rustls's default
 /// 64 KiB send buffer), each frame went out as two writes, the second a TLS record of 9
 /// bytes. A first read asks for 64 KiB less the header (four full TLS records); once a read
-/// fills its buffer (a bulk transfer), the next ask for 256 KiB less the header: a quarter of
-/// the syscalls on both agents. Paired runs on one host: 1.18-1.30 CPU-s per GB against
-/// 1.31-1.66 for 64 KiB reads (docs/benchmarks.md, session 18).
+/// fills its buffer (a bulk transfer), the next ask for 256 KiB less the header. Paired runs
+/// on one host: 1.18-1.30 CPU-s per GB against 1.31-1.67 with every read 64 KiB less the
+/// header (docs/benchmarks.md, session 18).
 const FIRST_READ: usize = 64 * 1024 - FRAME_HEADER;
 const BULK_READ: usize = 256 * 1024 - FRAME_HEADER;
 const _: () = assert!(BULK_READ + FRAME_HEADER <= crate::tls::SEND_BUFFER_LIMIT);
