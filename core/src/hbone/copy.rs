@@ -14,7 +14,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Error;
@@ -123,7 +123,7 @@ impl Up {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        tcp: &TcpStream,
+        tcp: &mut TcpStream,
         send: &mut SendStream<Bytes>,
         total: &mut u64,
     ) -> Poll<Result<(), Error>> {
@@ -143,29 +143,50 @@ impl Up {
                 }
                 continue;
             }
-            ready!(tcp.poll_read_ready(cx))?;
+            // Checked before a buffer is taken, so that an idle connection holds none.
+            if tcp.poll_read_ready(cx)?.is_pending() {
+                return self.idle();
+            }
             self.buf
                 .reserve(if self.bulk { BULK_READ } else { FIRST_READ });
-            let room = self.buf.capacity() - self.buf.len();
-            match tcp.try_read_buf(&mut self.buf) {
-                Ok(0) => {
-                    send.send_data(Bytes::new(), true)?;
-                    self.done = true;
-                }
-                Ok(n) => {
-                    *total += n as u64;
-                    self.bulk = n == room;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The unused rest of the last chunk would stay allocated for as long as
-                    // the connection idles (a keep-alive connection can idle for hours).
-                    self.buf = BytesMut::new();
-                    self.bulk = false;
-                }
-                Err(e) => return Poll::Ready(Err(e.into())),
+            // tokio's `poll_read`, unlike `try_read_buf`, takes a short read as proof that the
+            // socket is drained: a request-sized message then costs one `recvfrom`, not a
+            // second one that fails with EAGAIN (and a second buffer for it).
+            let n = match read_buf(cx, tcp, &mut self.buf) {
+                Poll::Pending => return self.idle(),
+                Poll::Ready(r) => r?,
+            };
+            if n == 0 {
+                send.send_data(Bytes::new(), true)?;
+                self.done = true;
+            } else {
+                *total += n as u64;
+                self.bulk = self.buf.len() == self.buf.capacity();
             }
         }
     }
+
+    fn idle(&mut self) -> Poll<Result<(), Error>> {
+        // The unused rest of the last chunk would stay allocated for as long as the
+        // connection idles (a keep-alive connection can idle for hours).
+        self.buf = BytesMut::new();
+        self.bulk = false;
+        Poll::Pending
+    }
+}
+
+/// Reads into `buf`'s spare capacity; the number of bytes read.
+fn read_buf(
+    cx: &mut Context<'_>,
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
+    ready!(Pin::new(tcp).poll_read(cx, &mut rb))?;
+    let n = rb.filled().len();
+    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Poll::Ready(Ok(n))
 }
 
 /// HTTP/2 to TCP: write each received chunk, releasing flow control as it is written.
