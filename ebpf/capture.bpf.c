@@ -11,6 +11,9 @@
  * address; connections the agent itself opens to the app are registered in agent_conns and
  * left alone.
  *
+ * sockops also gives the app's ends of its loopback hops to the agent a congestion control
+ * that does not pace.
+ *
  * Each entry point is thin; the logic lives in try_*(). */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -20,6 +23,8 @@
 
 #define SOL_SOCKET 1
 #define SO_MARK 36
+#define SOL_TCP 6
+#define TCP_CONGESTION 13
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -121,10 +126,18 @@ int lanyard_connect4(struct bpf_sock_addr *ctx)
     return 1; /* never refuse an application's connect */
 }
 
-static __always_inline int try_sockops(struct bpf_sock_ops *skops)
+/* Both ends of the loopback hop between an app and the agent get a congestion control that
+ * does not pace: the hop never crosses a network (see LOCAL_HOP_CONGESTION in
+ * agent/src/socket, which sets the agent's ends). Best effort. */
+static __always_inline void local_hop(struct bpf_sock_ops *skops)
 {
-    if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
-        return 0;
+    char cc[] = "cubic";
+    bpf_setsockopt(skops, SOL_TCP, TCP_CONGESTION, cc, sizeof(cc));
+}
+
+/* An app's captured connect: its socket now ends at the agent's outbound listener. */
+static __always_inline int try_connect(struct bpf_sock_ops *skops)
+{
     __u64 cookie = bpf_get_socket_cookie(skops);
     struct lanyard_orig_dst *orig = bpf_map_lookup_elem(&orig_dst_by_cookie, &cookie);
     if (!orig)
@@ -136,8 +149,36 @@ static __always_inline int try_sockops(struct bpf_sock_ops *skops)
     };
     struct lanyard_orig_dst value = *orig;
     bpf_map_delete_elem(&orig_dst_by_cookie, &cookie);
+    local_hop(skops);
     if (bpf_map_update_elem(&orig_dst_by_tuple, &key, &value, BPF_ANY) != 0)
         return -1;
+    return 0;
+}
+
+/* An app accepting a connection: the agent's own, to deliver a tunnel, is registered in
+ * agent_conns until it is established (the app's final ACK is processed before that). */
+static __always_inline int try_passive(struct bpf_sock_ops *skops)
+{
+    struct lanyard_conn4 conn = {
+        .remote_ip4 = skops->remote_ip4,
+        .local_ip4 = skops->local_ip4,
+        /* remote_port holds the network-order port in its upper half. */
+        .remote_port = (__u16)bpf_ntohl(skops->remote_port),
+        .local_port = (__u16)skops->local_port,
+    };
+    if (bpf_map_lookup_elem(&agent_conns, &conn))
+        local_hop(skops);
+    return 0;
+}
+
+static __always_inline int try_sockops(struct bpf_sock_ops *skops)
+{
+    switch (skops->op) {
+    case BPF_SOCK_OPS_TCP_CONNECT_CB:
+        return try_connect(skops);
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+        return try_passive(skops);
+    }
     return 0;
 }
 

@@ -573,3 +573,103 @@ fn a_pod_whose_sandbox_is_recreated_is_enrolled_again_in_its_new_namespace() {
     );
     assert_eq!(mtls_connections(&mesh, 1, "destination", "server"), 2.0);
 }
+
+/// Congestion control of each established TCP connection in `pod`'s namespace:
+/// (local address, peer address, algorithm).
+fn congestion_controls(mesh: &Mesh, pod: &str) -> Vec<(String, String, String)> {
+    let out = mesh
+        .exec_command(pod, "ss", &["-tinH", "state", "established"])
+        .output()
+        .expect("ss runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut conns = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(peer)) = (f.get(f.len().wrapping_sub(2)), f.last()) else {
+            continue;
+        };
+        let info = lines
+            .next_if(|l| l.starts_with(char::is_whitespace))
+            .unwrap_or("");
+        let cc = info
+            .split_whitespace()
+            .find(|t| ["cubic", "reno", "bbr"].contains(t))
+            .unwrap_or("?");
+        // ss writes IPv4-mapped addresses of dual-stack sockets in brackets.
+        let plain = |a: &str| a.replace("[::ffff:", "").replace(']', "");
+        conns.push((plain(local), plain(peer), cc.to_string()));
+    }
+    conns
+}
+
+/// The hops between an app and its node's agent never leave the pod's network namespace, so
+/// neither of their ends paces, whatever the namespace's default; connections between nodes
+/// keep that default.
+#[test]
+fn only_hops_between_nodes_keep_the_namespaces_congestion_control() {
+    let mut mesh = two_node_mesh("l4cc");
+    for pod in ["client", "server"] {
+        // Reno: a default a namespace other than the node's may choose.
+        let s = mesh
+            .exec_command(
+                pod,
+                "sysctl",
+                &["-qw", "net.ipv4.tcp_congestion_control=reno"],
+            )
+            .status()
+            .unwrap();
+        assert!(s.success());
+    }
+    mesh.serve("server", 8080).unwrap();
+    let server = format!("{}:8080", mesh.pod("server").ip);
+    let _held = mesh
+        .hold("client", &server, 1, Duration::from_secs(10))
+        .unwrap();
+    let hbone = format!("{}:15008", mesh.pod("server").ip);
+    let client_ip = mesh.pod("client").ip.to_string();
+
+    let client = congestion_controls(&mesh, "client");
+    let find = |conns: &[(String, String, String)], what: &str, f: &dyn Fn(&str, &str) -> bool| {
+        conns
+            .iter()
+            .find(|(l, p, _)| f(l, p))
+            .map(|c| c.2.clone())
+            .unwrap_or_else(|| panic!("no {what} among {conns:?}"))
+    };
+    let app_to_agent = find(&client, "app to agent", &|_, p| p == "127.0.0.1:15001");
+    let agent_from_app = find(&client, "agent from app", &|l, _| l == "127.0.0.1:15001");
+    let hbone_out = find(&client, "HBONE out", &|_, p| p == hbone);
+    assert_eq!(
+        (
+            app_to_agent.as_str(),
+            agent_from_app.as_str(),
+            hbone_out.as_str()
+        ),
+        ("cubic", "cubic", "reno"),
+        "{client:?}"
+    );
+
+    let server_side = congestion_controls(&mesh, "server");
+    let hbone_in = find(&server_side, "HBONE in", &|l, _| l == hbone);
+    let agent_to_app = find(&server_side, "agent to app", &|l, p| {
+        p == server && l.starts_with(&format!("{client_ip}:"))
+    });
+    let app_from_agent = find(&server_side, "app from agent", &|l, p| {
+        l == server && p.starts_with(&format!("{client_ip}:"))
+    });
+    assert_eq!(
+        (
+            hbone_in.as_str(),
+            agent_to_app.as_str(),
+            app_from_agent.as_str()
+        ),
+        ("reno", "cubic", "cubic"),
+        "{server_side:?}"
+    );
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::debug;
 
 use crate::capture;
 use crate::capture::maps::MARK_SPOOFED;
@@ -48,12 +49,30 @@ const SOURCE_PORT_ATTEMPTS: usize = 64;
 
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// Congestion control of the hops between a pod's app and the agent: both ends sit in the
+/// pod's network namespace and the bytes cross loopback, never a network. On nodes whose
+/// default is BBR, every send on such a hop armed a pacing timer for nothing (paired runs,
+/// docs/benchmarks.md session 19). CUBIC, the kernel's own default, does not pace. Sockets
+/// toward other nodes (HBONE, passthrough) keep the node's choice.
+const LOCAL_HOP_CONGESTION: &[u8] = b"cubic";
+
+/// Best effort: a node without CUBIC keeps its default, which is correct, only slower.
+fn local_hop(s: &Socket) {
+    if let Err(e) = s.set_tcp_congestion(LOCAL_HOP_CONGESTION) {
+        debug!("setting congestion control of a pod-local socket: {e}");
+    }
+}
+
 /// A listener bound in `netns`.
 pub fn listen(netns: &Netns, addr: SocketAddr) -> Result<TcpListener, Error> {
     let std = netns.run(|| -> std::io::Result<std::net::TcpListener> {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         s.set_reuse_address(true)?;
         s.set_nonblocking(true)?;
+        if addr.ip().is_loopback() {
+            // Accepted sockets inherit it.
+            local_hop(&s);
+        }
         s.bind(&addr.into())?;
         // One listener takes a pod's whole burst of connections while the accept loop shares
         // the runtime with every tunnel; past the queue, SYNs are dropped and clients wait a
@@ -71,6 +90,8 @@ fn socket_in(netns: &Netns, mark: u32, bind: Option<SocketAddrV4>) -> Result<Tcp
         s.set_mark(mark)?;
         s.set_tcp_nodelay(true)?;
         if let Some(local) = bind {
+            // Only connections to the pod's own app take the client's address.
+            local_hop(&s);
             s.set_ip_transparent_v4(true)?;
             // Shares the port with other connections (TIME_WAIT ones too) as long as the
             // 4-tuples differ; connect() checks that.
@@ -203,4 +224,60 @@ fn ip(netns: &Netns, args: &[&str]) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A new network namespace whose default congestion control is Reno (one that a
+    /// non-initial namespace may choose), alive for as long as the returned file is open.
+    fn reno_namespace() -> File {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare (root?)");
+            // Opened by this thread, so the sysctl is the new namespace's.
+            std::fs::write("/proc/sys/net/ipv4/tcp_congestion_control", "reno").unwrap();
+            File::open("/proc/thread-self/ns/net").unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn congestion(fd: &impl AsRawFd) -> String {
+        // SAFETY: the fd outlives the borrowed socket.
+        let s = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+        let name = SockRef::from(&s).tcp_congestion().unwrap();
+        String::from_utf8_lossy(&name)
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn hops_to_the_pods_app_do_not_pace_and_others_keep_the_default() {
+        let file = reno_namespace();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let ns = Netns::open(&path, Netns::host().unwrap(), "test-pod").unwrap();
+
+        let local = listen(&ns, "127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(
+            congestion(&local),
+            "cubic",
+            "the outbound listener (app to agent)"
+        );
+        let to_app = socket_in(&ns, 0, Some("127.0.0.1:0".parse().unwrap())).unwrap();
+        assert_eq!(
+            congestion(&to_app),
+            "cubic",
+            "the agent's connection to the app"
+        );
+
+        let hbone = listen(&ns, "0.0.0.0:0".parse().unwrap()).unwrap();
+        assert_eq!(congestion(&hbone), "reno", "a listener other nodes reach");
+        let to_node = socket_in(&ns, 0, None).unwrap();
+        assert_eq!(congestion(&to_node), "reno", "a connection to another node");
+    }
 }
