@@ -156,7 +156,8 @@ static __always_inline int try_connect(struct bpf_sock_ops *skops)
 }
 
 /* An app accepting a connection: the agent's own, to deliver a tunnel, is registered in
- * agent_conns until it is established (the app's final ACK is processed before that). */
+ * agent_conns until the agent's connect returns; on loopback the agent's final ACK, which
+ * establishes the app's socket, is processed before that. */
 static __always_inline int try_passive(struct bpf_sock_ops *skops)
 {
     struct lanyard_conn4 conn = {

@@ -247,10 +247,8 @@ mod tests {
         .unwrap()
     }
 
-    fn congestion(fd: &impl AsRawFd) -> String {
-        // SAFETY: the fd outlives the borrowed socket.
-        let s = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
-        let name = SockRef::from(&s).tcp_congestion().unwrap();
+    fn congestion(s: &impl std::os::fd::AsFd) -> String {
+        let name = SockRef::from(s).tcp_congestion().unwrap();
         String::from_utf8_lossy(&name)
             .trim_end_matches('\0')
             .to_string()
