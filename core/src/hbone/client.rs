@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Semaphore};
 use tracing::debug;
 
+use super::cork::{cork, drained};
 use super::{Error, H2Stream, Settings};
 
 /// One tunnel to open on a connection.
@@ -37,14 +38,15 @@ pub async fn handshake<IO>(io: IO, settings: Settings) -> Result<Connection, Err
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, mut conn) = h2::client::Builder::new()
+    let (io, drain) = cork(io);
+    let handshake = h2::client::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_frame_size(settings.max_frame_size)
         .max_send_buffer_size(settings.max_send_buffer)
         .enable_push(false)
-        .handshake::<_, Bytes>(io)
-        .await?;
+        .handshake::<_, Bytes>(io);
+    let (send, mut conn) = drained(&drain, handshake).await?;
     let (closed_tx, closed) = watch::channel(false);
     let mut ping = conn.ping_pong();
     tokio::spawn(async move {
@@ -66,7 +68,7 @@ where
             }
         };
         let reason = tokio::select! {
-            r = &mut conn => match r { Ok(()) => "closed", Err(_) => "failed" },
+            r = drained(&drain, &mut conn) => match r { Ok(()) => "closed", Err(_) => "failed" },
             r = keepalive => r,
         };
         debug!(reason, "HBONE client connection ended");

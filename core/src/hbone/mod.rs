@@ -4,6 +4,7 @@
 
 mod client;
 mod copy;
+mod cork;
 mod io;
 mod server;
 

@@ -1,5 +1,6 @@
 //! The HBONE server side: HTTP/2 over an established TLS session, one `CONNECT` per stream.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -8,6 +9,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use super::cork::{cork, drained};
 use super::{Error, H2Stream, Settings};
 
 /// A `CONNECT` the server has received, not yet answered.
@@ -43,15 +45,16 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(InboundRequest),
 {
-    let mut conn = h2::server::Builder::new()
+    let (io, drain) = cork(io);
+    let handshake = h2::server::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_frame_size(settings.max_frame_size)
         .max_concurrent_streams(settings.max_streams)
         .max_send_buffer_size(settings.max_send_buffer)
-        .handshake::<_, Bytes>(io)
-        .await?;
-    while let Some(next) = conn.accept().await {
+        .handshake::<_, Bytes>(io);
+    let mut conn = drained(&drain, handshake).await?;
+    while let Some(next) = drained(&drain, poll_fn(|cx| conn.poll_accept(cx))).await {
         let (req, mut respond) = next?;
         let (parts, recv) = req.into_parts();
         let authority = parts
