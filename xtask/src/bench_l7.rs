@@ -149,9 +149,17 @@ pub fn l7() -> Result<()> {
     crate::bench::use_release_binaries()?;
     // Extra waypoint flags, to compare configurations of one build (e.g. `--worker-threads 1`).
     let extra = std::env::var("LANYARD_BENCH_WAYPOINT_ARGS").unwrap_or_default();
-    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let mut extra: Vec<&str> = extra.split_whitespace().collect();
     if !extra.is_empty() {
         eprintln!("waypoint flags: {extra:?}");
+    }
+    // Like for like: the bench's nginx writes no access log, nor does Istio's default profile
+    // (`meshConfig.accessLogFile` empty), so the waypoint writes none either.
+    if !extra
+        .iter()
+        .any(|a| *a == "--access-log" || a.starts_with("--access-log="))
+    {
+        extra.extend(["--access-log", "off"]);
     }
     let mut mesh = Mesh::builder("benc7")
         .waypoint_args(&extra)
@@ -220,7 +228,8 @@ fn l7_preamble() -> String {
 HTTP/1.1 server on node 1. Paths: direct; through Debian's nginx (1 worker, keep-alive \
 upstream) in a pod on node 0; through the waypoint (client's agent → waypoint on node 0 → \
 server's agent), with 20 VirtualService routes and 20 authorization rules, the matching ones \
-last. Max rps: oha, 16 connections, 10 s, unlimited rate; proxy cores are the proxy process's \
+last. Neither proxy writes an access log (nginx `access_log off`, the waypoint \
+`--access-log off`). Max rps: oha, 16 connections, 10 s, unlimited rate; proxy cores are the proxy process's \
 CPU during that run. Latency: oha at a fixed 1000 rps, 4 connections, `--latency-correction`, \
 15 s. Added latency is against direct; the waypoint path also crosses two agents."
         .to_string()
