@@ -104,8 +104,9 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     ensure_bpffs()?;
     let capture = Arc::new(Capture::load(&config.bpf_pin_dir, &config.cgroup_root)?);
     if let Some(host) = config.probe_netns.clone() {
-        let every = std::time::Duration::from_secs(30);
-        tokio::spawn(probes::keep_node_sources(capture.clone(), host, every));
+        let mut sources = probes::NodeSources::new(capture.clone(), host);
+        sources.refresh().await;
+        tokio::spawn(sources.keep(std::time::Duration::from_secs(30)));
     }
     let registry = prometheus::Registry::new();
     let access_log = AccessLog::stdout_or_off(config.access_log_flush);

@@ -57,17 +57,32 @@ pub fn node_addresses(path: &Path) -> Result<Vec<Ipv4Addr>, ProbeError> {
     })
 }
 
-/// Refreshes the exempt sources every `every`, logging changes.
-pub async fn keep_node_sources(capture: Arc<Capture>, host_netns: PathBuf, every: Duration) {
-    let mut current: Vec<Ipv4Addr> = Vec::new();
-    loop {
-        let path = host_netns.clone();
+/// The node's addresses as the capture's exempt sources, kept current.
+pub struct NodeSources {
+    capture: Arc<Capture>,
+    host_netns: PathBuf,
+    current: Vec<Ipv4Addr>,
+}
+
+impl NodeSources {
+    pub fn new(capture: Arc<Capture>, host_netns: PathBuf) -> Self {
+        NodeSources {
+            capture,
+            host_netns,
+            current: Vec::new(),
+        }
+    }
+
+    /// Reads the node's addresses and installs them if they changed. The agent awaits the
+    /// first read before it enrolls pods: a probe arriving before it would be refused.
+    pub async fn refresh(&mut self) {
+        let path = self.host_netns.clone();
         match tokio::task::spawn_blocking(move || node_addresses(&path)).await {
-            Ok(Ok(addrs)) if addrs != current => match capture.set_node_sources(&addrs) {
+            Ok(Ok(addrs)) if addrs != self.current => match self.capture.set_node_sources(&addrs) {
                 Ok(()) => {
                     let list: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(*a)).collect();
                     info!(target: "capture", sources = ?list, "kubelet probes from these node addresses bypass capture");
-                    current = addrs;
+                    self.current = addrs;
                 }
                 Err(e) => warn!(target: "capture", "updating probe sources: {e}"),
             },
@@ -75,7 +90,14 @@ pub async fn keep_node_sources(capture: Arc<Capture>, host_netns: PathBuf, every
             Ok(Err(e)) => warn!(target: "capture", "kubelet probes may be refused: {e}"),
             Err(e) => warn!(target: "capture", "probe source refresh failed: {e}"),
         }
-        tokio::time::sleep(every).await;
+    }
+
+    /// Refreshes every `every`, for the agent's life.
+    pub async fn keep(mut self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            self.refresh().await;
+        }
     }
 }
 

@@ -80,21 +80,13 @@ async fn counting_server() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn tunnels_bytes_exactly_with_half_close() {
+/// A tunnel, through a new HBONE server and client connection, to a new counting server.
+async fn tunnel_to_counting_server() -> (H2Stream, StreamGuard) {
     let ca = Authority::generate("cluster.local").unwrap();
     let client_cert = cert(&ca, "spiffe://cluster.local/ns/a/sa/client");
     let server_cert = cert(&ca, "spiffe://cluster.local/ns/b/sa/server");
     let hbone = hbone_server(server_cert.clone()).await;
     let target = counting_server().await;
-
-    // The "app" side: a local TCP pair whose accepted end we copy into the tunnel.
-    let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut app = TcpStream::connect(local.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut accepted, _) = local.accept().await.unwrap();
-
     let tls = tls::connect(
         TcpStream::connect(hbone).await.unwrap(),
         &client_cert,
@@ -103,13 +95,24 @@ async fn tunnels_bytes_exactly_with_half_close() {
     .await
     .unwrap();
     let conn = handshake(tls, Settings::default()).await.unwrap();
-    let (stream, _guard) = conn
-        .connect(ConnectRequest {
-            authority: target,
-            headers: Default::default(),
-        })
+    conn.connect(ConnectRequest {
+        authority: target,
+        headers: Default::default(),
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tunnels_bytes_exactly_with_half_close() {
+    // The "app" side: a local TCP pair whose accepted end we copy into the tunnel.
+    let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = TcpStream::connect(local.local_addr().unwrap())
         .await
         .unwrap();
+    let (mut accepted, _) = local.accept().await.unwrap();
+
+    let (stream, _guard) = tunnel_to_counting_server().await;
     let proxy = tokio::spawn(async move {
         let mut copied = Copied::default();
         copy_bidirectional(&mut accepted, stream, &mut copied)
@@ -214,26 +217,7 @@ async fn opens_wait_while_max_opening_are_unanswered() {
 #[tokio::test]
 async fn h2io_writes_of_mixed_sizes_arrive_intact_and_in_order() {
     use tokio::io::AsyncWriteExt;
-    let ca = Authority::generate("cluster.local").unwrap();
-    let client_cert = cert(&ca, "spiffe://cluster.local/ns/a/sa/client");
-    let server_cert = cert(&ca, "spiffe://cluster.local/ns/b/sa/server");
-    let hbone = hbone_server(server_cert.clone()).await;
-    let target = counting_server().await;
-    let tls = tls::connect(
-        TcpStream::connect(hbone).await.unwrap(),
-        &client_cert,
-        &server_cert.identity,
-    )
-    .await
-    .unwrap();
-    let conn = handshake(tls, Settings::default()).await.unwrap();
-    let (stream, _guard) = conn
-        .connect(ConnectRequest {
-            authority: target,
-            headers: Default::default(),
-        })
-        .await
-        .unwrap();
+    let (stream, _guard) = tunnel_to_counting_server().await;
     let mut io = H2Io::new(stream);
     let mut sent = Vec::new();
     // Around the cork's pass-through size and past it, written without waiting for the peer.
