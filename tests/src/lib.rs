@@ -858,6 +858,9 @@ impl Drop for Mesh {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // What the children left behind: a daemon's workers (nginx's outlive their killed
+        // master) would keep the cgroups from being removed.
+        let _ = std::fs::write(self.cgroup_root.join("cgroup.kill"), "1");
         for p in &self.pods {
             let _ = netns::del(&p.netns);
         }
