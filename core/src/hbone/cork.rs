@@ -148,14 +148,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Corked<IO> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut s = lock(&self.0);
-        ready!(s.poll_room(cx, data.len()))?;
-        if s.buf.is_empty() && data.len() >= PASS_THROUGH {
-            return Pin::new(&mut s.io).poll_write(cx, data);
-        }
-        let n = data.len().min(LIMIT - s.buf.len());
-        s.buf.extend_from_slice(&data[..n]);
-        Poll::Ready(Ok(n))
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
