@@ -23,6 +23,7 @@ use rand::Rng;
 use crate::lb::{Cluster, ClusterKey, Outcome};
 use crate::local::{self, Local};
 use crate::metrics::{Metrics, RequestRecord};
+use crate::pool::PooledBody;
 use crate::route::Inputs;
 use crate::upstream::{Body, BoxError};
 
@@ -385,19 +386,15 @@ pub async fn forward(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     if let (Some(body), false) = (&buffered, upgrade) {
         for m in &plan.mirrors {
             if m.fraction > 0.0 && (m.fraction >= 1.0 || rand::rng().random::<f64>() < m.fraction) {
-                mirror(inputs, state, m, &parts, &path, body.clone(), rec);
+                mirror(inputs, state, m, &parts, body.clone(), rec);
             }
         }
     }
-    let key = hash_key(&plan.lb, &parts.headers, &path, rec.src_ip);
+    let key = hash_key(&plan.lb, &parts.headers, path, rec.src_ip);
     let addrs: Vec<SocketAddr> = plan.endpoints.iter().map(|(a, _)| *a).collect();
     let allowed = if buffered.is_some() {
         1 + plan.retries.attempts
@@ -405,12 +402,6 @@ pub async fn forward(
         1
     };
     let deadline = plan.timeout.map(|t| Instant::now() + t);
-    let clients = inputs.upstream.clients(plan.connect_timeout);
-    let client = if plan.h2 {
-        &clients.http2
-    } else {
-        &clients.http1
-    };
     let mut last = None;
     let mut attempt = 0;
     loop {
@@ -429,17 +420,7 @@ pub async fn forward(
             (None, Some(s)) => s.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
             (None, None) => local::empty(),
         };
-        let mut out = Request::new(body);
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = format!("http://{addr}{path}")
-            .parse()
-            .map_err(|_| Local::new(StatusCode::BAD_REQUEST, "DPE", "bad request path"))?;
-        *out.headers_mut() = parts.headers.clone();
-        *out.version_mut() = if plan.h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
+        let out = outgoing(&parts, body, plan.h2);
         let per_try = match (plan.retries.per_try_timeout, deadline) {
             (p, Some(d)) => {
                 let left = d.saturating_duration_since(Instant::now());
@@ -455,7 +436,9 @@ pub async fn forward(
             (p, None) => p,
         };
         let in_flight = plan.cluster.start(addr);
-        let sent = client.request(out);
+        let sent = inputs
+            .upstream
+            .send(plan.h2, addr, plan.connect_timeout, out);
         let result = match per_try {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
@@ -463,7 +446,7 @@ pub async fn forward(
         drop(in_flight);
         let on = &plan.retries.retry_on;
         match result {
-            Ok(Ok(mut resp)) => {
+            Ok(Ok((mut resp, lease))) => {
                 let status = resp.status();
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {
@@ -482,9 +465,11 @@ pub async fn forward(
                 fill_destination(rec, &plan, addr);
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers, false);
+                let lease = lease.filter(|_| !plan.close_after);
+                let body = PooledBody::new(rbody, lease);
                 return Ok(Response::from_parts(
                     rparts,
-                    rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+                    body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
                 ));
             }
             Ok(Err(e)) => {
@@ -528,6 +513,22 @@ pub async fn forward(
             }
         }
     }
+}
+
+/// One attempt's request: origin-form URI (`Upstream::send` makes it absolute for HTTP/2).
+fn outgoing(parts: &http::request::Parts, body: Body, h2: bool) -> Request<Body> {
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method.clone();
+    if let Some(pq) = parts.uri.path_and_query() {
+        *out.uri_mut() = http::Uri::from(pq.clone());
+    }
+    *out.headers_mut() = parts.headers.clone();
+    *out.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    out
 }
 
 /// Copies both ways between an upgraded client connection and the upgraded upstream one.
@@ -583,7 +584,6 @@ fn mirror(
     state: &MeshState,
     m: &Mirror,
     parts: &http::request::Parts,
-    path: &str,
     body: Bytes,
     rec: &RequestRecord,
 ) {
@@ -605,33 +605,16 @@ fn mirror(
     let Some(addr) = plan.cluster.pick(&addrs, &plan.lb, None, None) else {
         return;
     };
-    let mut out = Request::new(local::full(body));
-    *out.method_mut() = parts.method.clone();
-    let Ok(uri) = format!("http://{addr}{path}").parse() else {
-        return;
-    };
-    *out.uri_mut() = uri;
-    *out.headers_mut() = parts.headers.clone();
+    let mut out = outgoing(parts, local::full(body), plan.h2);
     let host = rec.authority.split(':').next().unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow")) {
         out.headers_mut().insert(header::HOST, v);
     }
-    *out.version_mut() = if plan.h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    let clients = inputs.upstream.clients(plan.connect_timeout);
-    let client = if plan.h2 {
-        clients.http2.clone()
-    } else {
-        clients.http1.clone()
-    };
+    let upstream = inputs.upstream.clone();
     tokio::spawn(async move {
-        if let Ok(Ok(resp)) =
-            tokio::time::timeout(Duration::from_secs(30), client.request(out)).await
-        {
-            let _ = resp.into_body().collect().await;
+        let sent = upstream.send(plan.h2, addr, plan.connect_timeout, out);
+        if let Ok(Ok((resp, lease))) = tokio::time::timeout(Duration::from_secs(30), sent).await {
+            let _ = PooledBody::new(resp.into_body(), lease).collect().await;
         }
     });
 }

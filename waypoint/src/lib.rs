@@ -15,6 +15,7 @@ pub mod lb;
 pub mod local;
 pub mod metrics;
 pub mod otlp;
+pub mod pool;
 pub mod route;
 pub mod tcp;
 pub mod trace;

@@ -100,7 +100,11 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
             Arc::new(Inputs {
                 config: config.clone(),
                 state: state_rx.clone(),
-                upstream: Upstream::new(config.clone(), state_rx.clone(), secrets.clone()),
+                upstream: Arc::new(Upstream::new(
+                    config.clone(),
+                    state_rx.clone(),
+                    secrets.clone(),
+                )),
                 balancer: balancer.clone(),
                 metrics: metrics.clone(),
                 jwks: jwks.clone(),

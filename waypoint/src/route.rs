@@ -29,7 +29,7 @@ use crate::upstream::{Body, Upstream};
 pub struct Inputs {
     pub config: Arc<Config>,
     pub state: watch::Receiver<Arc<MeshState>>,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub balancer: Arc<Balancer>,
     pub metrics: Arc<Metrics>,
     pub jwks: Arc<crate::authn::Jwks>,

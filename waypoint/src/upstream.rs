@@ -1,7 +1,7 @@
 //! The waypoint's side toward endpoints: HTTP clients whose connections are HBONE streams.
 //!
-//! hyper's pooling client keeps HTTP connections per endpoint (`http://<pod ip>:<port>`); each
-//! new HTTP connection is one `CONNECT` stream on a shared, mutually-authenticated HTTP/2
+//! HTTP connections are kept per endpoint (`<pod ip>:<port>`, HTTP/1 in `pool.rs`); each new
+//! HTTP connection is one `CONNECT` stream on a shared, mutually-authenticated HTTP/2
 //! connection to that pod's agent on 15008, presenting the waypoint's own identity and
 //! requiring the pod's. An endpoint that is not a captured pod (a ServiceEntry's or
 //! EndpointSlice's external address, a pod outside the mesh) gets plain TCP instead.
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection as HyperConnection};
 use hyper_util::client::legacy::Client;
@@ -31,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::pool::{self, Http1Pool, Lease};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -53,19 +55,34 @@ pub enum Error {
     Hbone(SocketAddr, hbone::Error),
 }
 
-/// HTTP clients toward endpoints, by the protocol the endpoint port speaks.
-pub struct Clients {
-    pub http1: Client<Connector, Body>,
-    pub http2: Client<Connector, Body>,
+/// Why an attempt got no response from its endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Http1(#[from] pool::Error),
+    #[error("HTTP/2: {0}")]
+    Http2(hyper_util::client::legacy::Error),
 }
 
-/// The waypoint's clients toward endpoints. Each DestinationRule `connectTimeout` gets its own
-/// clients (and so its own HTTP connection pools, as each Envoy cluster has); they share the
-/// HBONE connections underneath.
+impl SendError {
+    /// Whether no connection to the endpoint could be made (`UF`, not `UC`).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Http1(e) => e.is_connect(),
+            SendError::Http2(e) => e.is_connect(),
+        }
+    }
+}
+
+/// The waypoint's connections toward endpoints, one set per worker. HTTP/1 connections are
+/// pooled by [`Http1Pool`]; HTTP/2 ones by hyper-util's client, of which each DestinationRule
+/// `connectTimeout` gets its own (as each Envoy cluster has its pool). All share the HBONE
+/// connections underneath.
 pub struct Upstream {
     config: Arc<Config>,
-    default: Arc<Clients>,
-    by_connect_timeout: Mutex<HashMap<Duration, Arc<Clients>>>,
+    http1: Arc<Http1Pool>,
+    http2: Client<Connector, Body>,
+    http2_by_connect_timeout: Mutex<HashMap<Duration, Client<Connector, Body>>>,
     inner: Arc<ConnectorInner>,
     pool: Arc<HbonePool>,
 }
@@ -86,42 +103,75 @@ impl Upstream {
             pool: pool.clone(),
         });
         Upstream {
-            default: Arc::new(Self::build(&config, &inner, config.connect_timeout)),
-            by_connect_timeout: Mutex::new(HashMap::new()),
+            http1: Arc::new(Http1Pool::default()),
+            http2: Self::http2_client(&config, &inner, config.connect_timeout),
+            http2_by_connect_timeout: Mutex::new(HashMap::new()),
             config,
             inner,
             pool,
         }
     }
 
-    fn build(config: &Config, inner: &Arc<ConnectorInner>, connect_timeout: Duration) -> Clients {
+    fn http2_client(
+        config: &Config,
+        inner: &Arc<ConnectorInner>,
+        connect_timeout: Duration,
+    ) -> Client<Connector, Body> {
         let connector = Connector {
             inner: inner.clone(),
             connect_timeout,
         };
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(config.pool_idle_timeout)
-            .pool_timer(hyper_util::rt::TokioTimer::new());
-        Clients {
-            http1: b.build(connector.clone()),
-            http2: b.http2_only(true).build(connector),
-        }
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .http2_only(true)
+            .build(connector)
     }
 
-    /// The clients whose new connections must be up within `connect_timeout` (the
+    /// The HTTP/2 client whose new connections must be up within `connect_timeout` (the
     /// waypoint's default when None).
-    pub fn clients(&self, connect_timeout: Option<Duration>) -> Arc<Clients> {
+    fn http2(&self, connect_timeout: Option<Duration>) -> Client<Connector, Body> {
         let Some(t) = connect_timeout.filter(|t| *t != self.config.connect_timeout) else {
-            return self.default.clone();
+            return self.http2.clone();
         };
         // Bounded by the distinct timeouts that DestinationRules name.
         let mut map = self
-            .by_connect_timeout
+            .http2_by_connect_timeout
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         map.entry(t)
-            .or_insert_with(|| Arc::new(Self::build(&self.config, &self.inner, t)))
+            .or_insert_with(|| Self::http2_client(&self.config, &self.inner, t))
             .clone()
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to the endpoint at `addr`, whose port
+    /// speaks HTTP/2 when `h2`. A new connection must be up within `connect_timeout`. The
+    /// lease, for HTTP/1, is the connection to give back once the response body has ended.
+    pub async fn send(
+        &self,
+        h2: bool,
+        addr: SocketAddr,
+        connect_timeout: Option<Duration>,
+        mut req: http::Request<Body>,
+    ) -> Result<(http::Response<Incoming>, Option<Lease>), SendError> {
+        if h2 {
+            // hyper-util's client keys its pool by the absolute URI.
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            if let Ok(uri) = format!("http://{addr}{pq}").parse() {
+                *req.uri_mut() = uri;
+            }
+            let resp = self
+                .http2(connect_timeout)
+                .request(req)
+                .await
+                .map_err(SendError::Http2)?;
+            return Ok((resp, None));
+        }
+        let (resp, lease) = self
+            .http1
+            .send(addr, req, || self.tunnel(addr, connect_timeout))
+            .await?;
+        Ok((resp, Some(lease)))
     }
 
     /// Opens a byte stream to `addr` (opaque TCP forwarding).
@@ -136,8 +186,9 @@ impl Upstream {
             .map_err(|_| Error::ConnectTimeout(addr))?
     }
 
-    /// Drops HBONE connections that are closed or idle.
+    /// Drops HTTP/1 and HBONE connections that are closed or idle.
     pub fn sweep(&self, idle: Duration) {
+        self.http1.sweep(idle);
         let mut conns = self.pool.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|_, list| {
             list.retain(|(c, used)| {
