@@ -427,8 +427,9 @@ pub fn policy() -> Result<()> {
     )
 }
 
-/// Replaces (or appends) the section `## {title}` of docs/benchmarks.md, keeping the others,
-/// with a line saying when and where it ran.
+/// Replaces the generated block of the section `## {title}` of docs/benchmarks.md (or
+/// appends the section), with a line saying when and where it ran. What a session wrote in
+/// the section around the block stays.
 pub fn write_section(title: &str, preamble: &str, table: &str) -> Result<()> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")?
@@ -446,22 +447,42 @@ pub fn write_section(title: &str, preamble: &str, table: &str) -> Result<()> {
             .output()?
             .stdout,
     )?;
-    let section = format!(
-        "## {title}\n\n{preamble}\n\nRun: {} on {cores} cores ({cpu}), Linux {}\n\n{table}",
+    let block = format!(
+        "{preamble}\n\nRun: {} on {cores} cores ({cpu}), Linux {}\n\n{}",
         date.trim(),
-        kernel.trim()
+        kernel.trim(),
+        table.trim_end()
     );
     let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let mut parts: Vec<String> = Vec::new();
-    for chunk in existing.split("\n## ") {
-        parts.push(chunk.to_string());
-    }
+    let out = splice_section(&existing, title, &block);
+    std::fs::write(&path, out)?;
+    eprintln!("written to {}", path.display());
+    Ok(())
+}
+
+const BEGIN: &str = "<!-- written by `cargo xtask bench`: begin -->";
+const END: &str = "<!-- written by `cargo xtask bench`: end -->";
+
+/// `doc` with `block` between the markers of section `## {title}`: in place of the old
+/// block, else first in the section, else in a new section at the end.
+fn splice_section(doc: &str, title: &str, block: &str) -> String {
+    let marked = format!("{BEGIN}\n{block}\n{END}");
+    let mut parts: Vec<String> = doc.split("\n## ").map(str::to_string).collect();
     let head = parts.remove(0);
     let heading = |p: &str| p.lines().next().unwrap_or_default().trim().to_string();
-    let new_body = section.trim_start_matches("## ").to_string();
-    match parts.iter().position(|p| heading(p) == title) {
-        Some(i) => parts[i] = new_body,
-        None => parts.push(new_body),
+    match parts.iter_mut().find(|p| heading(p) == title) {
+        Some(p) => {
+            *p = match (p.find(BEGIN), p.find(END)) {
+                (Some(b), Some(e)) if b < e => {
+                    format!("{}{marked}{}", &p[..b], &p[e + END.len()..])
+                }
+                _ => {
+                    let rest = p.split_once('\n').map_or("", |(_, r)| r);
+                    format!("{title}\n\n{marked}\n\n{}", rest.trim_start())
+                }
+            }
+        }
+        None => parts.push(format!("{title}\n\n{marked}")),
     }
     let mut out = head.trim_end().to_string();
     for p in parts {
@@ -469,7 +490,46 @@ pub fn write_section(title: &str, preamble: &str, table: &str) -> Result<()> {
         out += p.trim_end();
     }
     out += "\n";
-    std::fs::write(&path, out)?;
-    eprintln!("written to {}", path.display());
-    Ok(())
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "# Benchmarks\n\nIntro.\n\n## L4 (agent)\n\nSession 15 notes.\n\n## L7 (waypoint)\n\nL7 notes.\n";
+
+    #[test]
+    fn a_run_replaces_only_its_block_and_keeps_the_notes() {
+        let first = splice_section(DOC, "L4 (agent)", "| run 1 |");
+        assert!(
+            first.contains(&format!(
+                "## L4 (agent)\n\n{BEGIN}\n| run 1 |\n{END}\n\nSession 15 notes."
+            )),
+            "{first}"
+        );
+        let second = splice_section(&first, "L4 (agent)", "| run 2 |");
+        assert!(!second.contains("run 1"), "{second}");
+        let kept = format!("| run 2 |\n{END}\n\nSession 15 notes.");
+        assert!(second.contains(&kept), "{second}");
+        assert!(
+            second.contains("## L7 (waypoint)\n\nL7 notes.\n"),
+            "{second}"
+        );
+        assert_eq!(second.matches(BEGIN).count(), 1);
+        assert_eq!(splice_section(&second, "L4 (agent)", "| run 2 |"), second);
+    }
+
+    #[test]
+    fn a_new_suite_gets_a_section_at_the_end() {
+        let out = splice_section(DOC, "Policy engine", "| p |");
+        assert!(
+            out.ends_with(&format!("## Policy engine\n\n{BEGIN}\n| p |\n{END}\n")),
+            "{out}"
+        );
+        assert!(
+            out.starts_with("# Benchmarks\n\nIntro.\n\n## L4 (agent)"),
+            "{out}"
+        );
+    }
 }
