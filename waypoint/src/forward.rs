@@ -197,6 +197,11 @@ const HOP_BY_HOP: [&str; 6] = [
 ];
 
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
+    // Most messages carry none: one pass over the names (standard ones compare as enums)
+    // instead of a hash lookup per hop-by-hop name.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        return;
+    }
     let listed: Vec<String> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -709,6 +714,36 @@ mod tests {
         assert_eq!(key([10, 0, 0, 1]).as_deref(), Some("10.0.0.1"));
         assert_ne!(key([10, 0, 0, 1]), key([10, 0, 0, 2]));
         assert_eq!(hash_key(&lb, &HeaderMap::new(), "/", None), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "x-trace-hop, Keep-Alive"),
+            ("x-trace-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers, deflate"),
+            ("transfer-encoding", "chunked"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-end-to-end"]);
+
+        let mut h = headers(&[
+            ("te", "trailers, deflate"),
+            ("content-type", "application/grpc"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get("te").unwrap(),
+            "trailers",
+            "HTTP/2 keeps `te: trailers` only"
+        );
+
+        let mut h = headers(&[("host", "a"), ("accept", "*/*"), ("x-request-id", "r")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 3, "nothing hop-by-hop: untouched");
     }
 
     #[test]
