@@ -448,8 +448,9 @@ pub fn write_section(title: &str, preamble: &str, table: &str) -> Result<()> {
             .stdout,
     )?;
     let block = format!(
-        "{preamble}\n\nRun: {} on {cores} cores ({cpu}), Linux {}\n\n{}",
+        "{preamble}\n\nRun: {}, {} on {cores} cores ({cpu}), Linux {}\n\n{}",
         date.trim(),
+        binaries_built_from(),
         kernel.trim(),
         table.trim_end()
     );
@@ -458,6 +459,30 @@ pub fn write_section(title: &str, preamble: &str, table: &str) -> Result<()> {
     std::fs::write(&path, out)?;
     eprintln!("written to {}", path.display());
     Ok(())
+}
+
+/// What the measured binaries were built from: this tree's commit (and whether it had
+/// uncommitted changes), or the directory `$LANYARD_BENCH_BINS` named.
+fn binaries_built_from() -> String {
+    if let Some(dir) = std::env::var_os("LANYARD_BENCH_BINS") {
+        return format!("binaries from {}", dir.to_string_lossy());
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if changes.is_empty() => format!("commit {commit}"),
+            _ => format!("commit {commit} with uncommitted changes"),
+        },
+        None => "an unknown commit".into(),
+    }
 }
 
 const BEGIN: &str = "<!-- written by `cargo xtask bench`: begin -->";
