@@ -34,7 +34,7 @@ const MAX_STALE: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("connection: {0}")]
+    #[error("{0}")]
     Connect(#[source] crate::upstream::Error),
     #[error("HTTP/1 handshake: {0}")]
     Handshake(#[source] hyper::Error),

@@ -174,7 +174,7 @@ impl Upstream {
         Ok((resp, Some(lease)))
     }
 
-    /// Opens a byte stream to `addr` (opaque TCP forwarding).
+    /// Opens a byte stream to `addr`: an HTTP/1 connection's, or opaque TCP's.
     pub async fn tunnel(
         &self,
         addr: SocketAddr,
@@ -204,8 +204,8 @@ struct HbonePool {
     conns: Mutex<HashMap<SocketAddr, Vec<(Connection, Instant)>>>,
 }
 
-/// Dials endpoints for hyper's clients: a whole connection (TCP, and for a mesh pod TLS and
-/// the CONNECT stream) must be up within `connect_timeout`.
+/// Dials endpoints for hyper-util's HTTP/2 client: a whole connection (TCP, and for a mesh
+/// pod TLS and the CONNECT stream) must be up within `connect_timeout`.
 #[derive(Clone)]
 pub struct Connector {
     inner: Arc<ConnectorInner>,
