@@ -5,7 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::H2Stream;
@@ -14,14 +14,22 @@ pub struct H2Io {
     stream: H2Stream,
     /// Received but not yet read.
     pending: Bytes,
+    /// What writes are copied into, frame by frame. Once h2 has sent the earlier frames
+    /// and dropped them, the next write reuses this allocation: a request or response
+    /// costs no malloc/free pair here (writes past `REUSE_MAX` get their own buffer, so
+    /// what a stream keeps is bounded).
+    out: BytesMut,
     shut_down: bool,
 }
+
+const REUSE_MAX: usize = 16 * 1024;
 
 impl H2Io {
     pub fn new(stream: H2Stream) -> Self {
         H2Io {
             stream,
             pending: Bytes::new(),
+            out: BytesMut::new(),
             shut_down: false,
         }
     }
@@ -71,15 +79,22 @@ impl AsyncWrite for H2Io {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let send = &mut self.stream.send;
+        let this = &mut *self;
+        let send = &mut this.stream.send;
         send.reserve_capacity(buf.len());
         loop {
             match ready!(send.poll_capacity(cx)) {
                 Some(Ok(0)) => continue,
                 Some(Ok(n)) => {
                     let n = n.min(buf.len());
-                    send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                        .map_err(to_io)?;
+                    let frame = if n <= REUSE_MAX {
+                        this.out.reserve(n);
+                        this.out.extend_from_slice(&buf[..n]);
+                        this.out.split().freeze()
+                    } else {
+                        Bytes::copy_from_slice(&buf[..n])
+                    };
+                    send.send_data(frame, false).map_err(to_io)?;
                     return Poll::Ready(Ok(n));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
