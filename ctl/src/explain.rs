@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use clap::Args;
-use lanyard_core::policy::authz::{Decision, HttpAttrs, Request};
+use lanyard_core::policy::authz::{Decision, Headers, HttpAttrs, Request};
 use lanyard_core::policy::peer::MtlsMode;
 use lanyard_core::state::{MeshState, Peer, Protocol, Service, Workload};
 use serde::Serialize;
@@ -225,7 +225,7 @@ fn offline(cmd: &Cmd) -> Result<Explanation, Error> {
                 host: host.as_deref().unwrap_or_default(),
                 method: &cmd.method,
                 path: &cmd.path,
-                headers,
+                headers: Headers::Pairs(&headers),
                 request_principal: cmd.request_principal.as_deref(),
                 claims: None,
                 remote_ip: Some(src_ip),

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use lanyard_core::policy::authn::{JwksSource, JwtRule, RequestAuthentication, TokenLocation};
+use lanyard_core::state::Applicable;
 use serde_json::Value;
 use tracing::{debug, warn};
 
@@ -269,7 +270,7 @@ async fn verify(jwks: &Jwks, rule: &JwtRule, token: &str) -> Result<Value, Strin
 /// and writes claims to headers as the rule asks.
 pub async fn authenticate<B>(
     jwks: &Jwks,
-    policies: &[&Arc<RequestAuthentication>],
+    policies: Applicable<'_, RequestAuthentication>,
     req: &mut Request<B>,
 ) -> Result<Option<Authenticated>, Local> {
     let rules: Vec<&JwtRule> = policies.iter().flat_map(|p| &p.rules).collect();

@@ -2,6 +2,7 @@
 //! per-try and overall timeouts, mirroring, and the metrics record written when the response
 //! body ends.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,42 +21,43 @@ use lanyard_core::traffic::virtual_service::{
 use lanyard_core::traffic::LoadBalancer;
 use rand::Rng;
 
-use crate::lb::{Cluster, ClusterKey, Outcome};
+use crate::lb::{Cluster, ClusterRef, Outcome};
 use crate::local::{self, Local};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::pool::PooledBody;
 use crate::route::Inputs;
 use crate::upstream::{Body, BoxError};
 
-/// Where and how one request is sent, decided before the first attempt.
-pub struct Plan {
-    pub key: ClusterKey,
+/// Where and how one request is sent, decided before the first attempt. Borrows the route
+/// it was planned from: a request copies none of its policies.
+pub struct Plan<'a> {
     pub cluster: Arc<Cluster>,
     pub endpoints: Vec<(SocketAddr, Arc<Workload>)>,
     pub lb: LoadBalancer,
     pub outlier: Option<OutlierDetection>,
     pub h2: bool,
-    pub retries: RetryPolicy,
+    /// The route's, or Istio's default; owned only when `maxRetries` lowers the attempts.
+    pub retries: Cow<'a, RetryPolicy>,
     pub timeout: Option<Duration>,
     /// `maxRequestsPerConnection: 1`: no keep-alive upstream.
     pub close_after: bool,
-    pub mirrors: Vec<Mirror>,
+    pub mirrors: &'a [Mirror],
     /// The DestinationRule's `connectTimeout`; None: the waypoint's default.
     pub connect_timeout: Option<Duration>,
 }
 
 // === impl Plan ===
 
-impl Plan {
+impl<'a> Plan<'a> {
     /// Plans a request to a route destination: the service's endpoints on the port, narrowed
     /// to the subset's labels, with the DestinationRule's traffic policy.
     pub fn to_service(
         inputs: &Inputs,
         state: &MeshState,
         wd: &WeightedDestination,
-        route: Option<&HttpRoute>,
+        route: Option<&'a HttpRoute>,
         dialed_port: u16,
-    ) -> Result<Plan, Local> {
+    ) -> Result<Plan<'a>, Local> {
         let d = &wd.destination;
         let svc = state.service_by_host(&d.host).ok_or_else(|| {
             Local::new(
@@ -93,16 +95,12 @@ impl Plan {
             })
             .collect();
         let h2 = svc.port(port).map(|p| p.protocol()) == Some(Protocol::Http2);
-        Ok(Self::build(
-            inputs,
-            d.host.clone(),
-            d.subset.clone(),
+        let key = ClusterRef {
+            host: &d.host,
+            subset: d.subset.as_deref(),
             port,
-            endpoints,
-            policy,
-            h2,
-            route,
-        ))
+        };
+        Ok(Self::build(inputs, key, endpoints, policy, h2, route))
     }
 
     /// Plans a request addressed to one workload (no service routing applies).
@@ -110,8 +108,8 @@ impl Plan {
         inputs: &Inputs,
         w: &Arc<Workload>,
         port: u16,
-        route: Option<&HttpRoute>,
-    ) -> Result<Plan, Local> {
+        route: Option<&'a HttpRoute>,
+    ) -> Result<Plan<'a>, Local> {
         let ip = w.ip.ok_or_else(|| {
             Local::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -120,11 +118,14 @@ impl Plan {
             )
         })?;
         let endpoints = vec![(SocketAddr::new(ip.into(), port), w.clone())];
+        let key = ClusterRef {
+            host: &w.name,
+            subset: None,
+            port,
+        };
         Ok(Self::build(
             inputs,
-            w.name.clone(),
-            None,
-            port,
+            key,
             endpoints,
             TrafficPolicy::default(),
             false,
@@ -132,25 +133,20 @@ impl Plan {
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn build(
         inputs: &Inputs,
-        host: String,
-        subset: Option<String>,
-        port: u16,
+        key: ClusterRef<'_>,
         endpoints: Vec<(SocketAddr, Arc<Workload>)>,
         policy: TrafficPolicy,
         h2: bool,
-        route: Option<&HttpRoute>,
-    ) -> Plan {
-        let key = ClusterKey { host, subset, port };
-        let cluster = inputs.balancer.cluster(&key, &policy.pool);
-        let mut retries = route.map(|r| r.retries.clone()).unwrap_or_default();
-        if let Some(max) = policy.pool.max_retries {
-            retries.attempts = retries.attempts.min(max);
+        route: Option<&'a HttpRoute>,
+    ) -> Plan<'a> {
+        let cluster = inputs.balancer.cluster(key, &policy.pool);
+        let mut retries = Cow::Borrowed(route.map_or(RetryPolicy::istio_default(), |r| &r.retries));
+        if let Some(max) = policy.pool.max_retries.filter(|m| *m < retries.attempts) {
+            retries.to_mut().attempts = max;
         }
         Plan {
-            key,
             cluster,
             endpoints,
             lb: policy.load_balancer.clone().unwrap_or_default(),
@@ -159,7 +155,7 @@ impl Plan {
             retries,
             timeout: route.and_then(|r| r.timeout),
             close_after: policy.pool.max_requests_per_connection == Some(1),
-            mirrors: route.map(|r| r.mirrors.clone()).unwrap_or_default(),
+            mirrors: route.map_or(&[], |r| &r.mirrors),
             connect_timeout: policy.pool.connect_timeout,
         }
     }
@@ -314,7 +310,7 @@ fn hash_key(
 pub async fn forward(
     inputs: &Inputs,
     state: &MeshState,
-    plan: Plan,
+    plan: Plan<'_>,
     mut req: Request<Incoming>,
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, Local> {
@@ -393,7 +389,7 @@ pub async fn forward(
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     if let (Some(body), false) = (&buffered, upgrade) {
-        for m in &plan.mirrors {
+        for m in plan.mirrors {
             if m.fraction > 0.0 && (m.fraction >= 1.0 || rand::rng().random::<f64>() < m.fraction) {
                 mirror(inputs, state, m, &parts, body.clone(), rec);
             }
@@ -440,7 +436,9 @@ pub async fn forward(
             }
             (p, None) => p,
         };
-        let in_flight = plan.cluster.start(addr);
+        // Only least-request balancing reads the counts.
+        let in_flight =
+            matches!(plan.lb, LoadBalancer::LeastRequest).then(|| plan.cluster.start(addr));
         let sent = inputs
             .upstream
             .send(plan.h2, addr, plan.connect_timeout, out);
@@ -548,7 +546,13 @@ async fn splice(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpg
     let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
 }
 
-fn report(inputs: &Inputs, plan: &Plan, addr: SocketAddr, outcome: Outcome, rec: &RequestRecord) {
+fn report(
+    inputs: &Inputs,
+    plan: &Plan<'_>,
+    addr: SocketAddr,
+    outcome: Outcome,
+    rec: &RequestRecord,
+) {
     if plan
         .cluster
         .report(addr, outcome, plan.outlier.as_ref(), plan.endpoints.len())
@@ -568,7 +572,7 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-fn fill_destination(rec: &mut RequestRecord, plan: &Plan, addr: SocketAddr) {
+fn fill_destination(rec: &mut RequestRecord, plan: &Plan<'_>, addr: SocketAddr) {
     rec.upstream = Some(addr);
     rec.dst = plan
         .endpoints
@@ -616,8 +620,9 @@ fn mirror(
         out.headers_mut().insert(header::HOST, v);
     }
     let upstream = inputs.upstream.clone();
+    let (h2, connect_timeout) = (plan.h2, plan.connect_timeout);
     tokio::spawn(async move {
-        let sent = upstream.send(plan.h2, addr, plan.connect_timeout, out);
+        let sent = upstream.send(h2, addr, connect_timeout, out);
         if let Ok(Ok((resp, lease))) = tokio::time::timeout(Duration::from_secs(30), sent).await {
             let _ = PooledBody::new(resp.into_body(), lease).collect().await;
         }

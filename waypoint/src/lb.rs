@@ -25,6 +25,31 @@ pub struct ClusterKey {
     pub port: u16,
 }
 
+/// A [`ClusterKey`] borrowed from a route, to find its cluster without copying the names.
+/// Hashes as the key does (same fields, same order; `String` hashes as `str`).
+#[derive(Clone, Copy, Debug, Hash)]
+pub struct ClusterRef<'a> {
+    pub host: &'a str,
+    pub subset: Option<&'a str>,
+    pub port: u16,
+}
+
+impl hashbrown::Equivalent<ClusterKey> for ClusterRef<'_> {
+    fn equivalent(&self, k: &ClusterKey) -> bool {
+        self.host == k.host && self.subset == k.subset.as_deref() && self.port == k.port
+    }
+}
+
+impl ClusterRef<'_> {
+    fn to_owned(self) -> ClusterKey {
+        ClusterKey {
+            host: self.host.to_string(),
+            subset: self.subset.map(str::to_string),
+            port: self.port,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Health {
     consecutive_5xx: u32,
@@ -81,20 +106,20 @@ pub enum Outcome {
 
 #[derive(Default)]
 pub struct Balancer {
-    clusters: Mutex<Map<ClusterKey, Arc<Cluster>>>,
+    clusters: Mutex<hashbrown::HashMap<ClusterKey, Arc<Cluster>, foldhash::fast::RandomState>>,
 }
 
 // === impl Balancer ===
 
 impl Balancer {
     /// The cluster's shared state, rebuilt when its pool limits change.
-    pub fn cluster(&self, key: &ClusterKey, limits: &ConnectionPool) -> Arc<Cluster> {
+    pub fn cluster(&self, key: ClusterRef<'_>, limits: &ConnectionPool) -> Arc<Cluster> {
         let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clusters.get(key).filter(|c| &c.limits == limits) {
+        if let Some(c) = clusters.get(&key).filter(|c| &c.limits == limits) {
             return c.clone();
         }
         let c = Arc::new(Cluster::new(key, limits.clone()));
-        clusters.insert(key.clone(), c.clone());
+        clusters.insert(key.to_owned(), c.clone());
         c
     }
 }
@@ -102,14 +127,14 @@ impl Balancer {
 // === impl Cluster ===
 
 impl Cluster {
-    fn new(key: &ClusterKey, limits: ConnectionPool) -> Self {
+    fn new(key: ClusterRef<'_>, limits: ConnectionPool) -> Self {
         // HTTP/2 caps requests; HTTP/1 caps connections, each carrying one request at a time.
         let cap = limits.http2_max_requests.or(limits.max_connections);
         Cluster {
             name: format!(
                 "outbound|{}|{}|{}",
                 key.port,
-                key.subset.as_deref().unwrap_or_default(),
+                key.subset.unwrap_or_default(),
                 key.host
             )
             .into(),
@@ -157,30 +182,36 @@ impl Cluster {
         hash_key: Option<&str>,
         avoid: Option<SocketAddr>,
     ) -> Option<SocketAddr> {
-        let now = Instant::now();
-        let healthy: Vec<SocketAddr> = {
+        // The common case (nothing ever ejected, first attempt) chooses among the candidates
+        // as they are, without copying them.
+        let narrowed;
+        let pool: &[SocketAddr] = {
             let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-            candidates
-                .iter()
-                .copied()
-                .filter(|a| {
+            let avoid = avoid.filter(|_| candidates.len() > 1);
+            if health.is_empty() && avoid.is_none() {
+                candidates
+            } else {
+                let now = Instant::now();
+                let ejected = |a: &SocketAddr| {
                     health
                         .get(a)
                         .and_then(|h| h.ejected_until)
-                        .is_none_or(|t| t <= now)
-                })
-                .collect()
-        };
-        let mut pool = if healthy.is_empty() {
-            candidates.to_vec()
-        } else {
-            healthy
-        };
-        if pool.len() > 1 {
-            if let Some(a) = avoid {
-                pool.retain(|c| *c != a);
+                        .is_some_and(|t| t > now)
+                };
+                let mut healthy: Vec<SocketAddr> =
+                    candidates.iter().copied().filter(|a| !ejected(a)).collect();
+                if healthy.is_empty() {
+                    healthy = candidates.to_vec();
+                }
+                if healthy.len() > 1 {
+                    if let Some(a) = avoid {
+                        healthy.retain(|c| *c != a);
+                    }
+                }
+                narrowed = healthy;
+                &narrowed
             }
-        }
+        };
         if pool.is_empty() {
             return None;
         }
@@ -282,12 +313,47 @@ mod tests {
     use lanyard_core::traffic::destination_rule::HashOn;
     use std::time::Duration;
 
-    fn key() -> ClusterKey {
-        ClusterKey {
-            host: "backend.demo.svc.cluster.local".into(),
-            subset: Some("v1".into()),
+    fn key() -> ClusterRef<'static> {
+        ClusterRef {
+            host: "backend.demo.svc.cluster.local",
+            subset: Some("v1"),
             port: 80,
         }
+    }
+
+    /// The borrowed key finds the cluster its owned copy was stored under (they hash alike),
+    /// and only that one.
+    #[test]
+    fn a_cluster_is_found_again_by_its_borrowed_key() {
+        let b = Balancer::default();
+        let limits = ConnectionPool::default();
+        let first = b.cluster(key(), &limits);
+        assert!(Arc::ptr_eq(&first, &b.cluster(key(), &limits)));
+        let others = [
+            ClusterRef {
+                subset: None,
+                ..key()
+            },
+            ClusterRef {
+                subset: Some("v2"),
+                ..key()
+            },
+            ClusterRef { port: 81, ..key() },
+            ClusterRef {
+                host: "backend",
+                ..key()
+            },
+        ];
+        for other in others {
+            let c = b.cluster(other, &limits);
+            assert!(!Arc::ptr_eq(&first, &c), "{other:?}");
+            assert!(Arc::ptr_eq(&c, &b.cluster(other, &limits)), "{other:?}");
+        }
+        assert!(Arc::ptr_eq(&first, &b.cluster(key(), &limits)));
+        assert_eq!(
+            &*first.name,
+            "outbound|80|v1|backend.demo.svc.cluster.local"
+        );
     }
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
@@ -308,7 +374,7 @@ mod tests {
 
     #[test]
     fn round_robin_visits_every_endpoint_evenly() {
-        let c = Cluster::new(&key(), ConnectionPool::default());
+        let c = Cluster::new(key(), ConnectionPool::default());
         let a = addrs(3);
         let mut seen = HashMap::new();
         for _ in 0..300 {
@@ -321,7 +387,7 @@ mod tests {
 
     #[test]
     fn consistent_hash_is_sticky_per_key_and_spreads_keys() {
-        let c = Cluster::new(&key(), ConnectionPool::default());
+        let c = Cluster::new(key(), ConnectionPool::default());
         let a = addrs(4);
         let lb = LoadBalancer::ConsistentHash(HashOn::Header("x-user".into()));
         let first = c.pick(&a, &lb, Some("alice"), None);
@@ -336,7 +402,7 @@ mod tests {
 
     #[test]
     fn consecutive_5xx_eject_within_max_percent_and_a_success_resets() {
-        let c = Cluster::new(&key(), ConnectionPool::default());
+        let c = Cluster::new(key(), ConnectionPool::default());
         let a = addrs(2);
         let od = od(2, 10);
         assert!(!c.report(a[0], Outcome::Status(503), Some(&od), 2));
@@ -362,7 +428,7 @@ mod tests {
 
     #[test]
     fn all_ejected_means_all_serve_and_retries_avoid_the_last_choice() {
-        let c = Cluster::new(&key(), ConnectionPool::default());
+        let c = Cluster::new(key(), ConnectionPool::default());
         let a = addrs(1);
         c.report(a[0], Outcome::Status(503), Some(&od(1, 100)), 1);
         assert_eq!(
@@ -382,7 +448,7 @@ mod tests {
     #[tokio::test]
     async fn pool_limits_queue_then_overflow() {
         let c = Arc::new(Cluster::new(
-            &key(),
+            key(),
             ConnectionPool {
                 max_connections: Some(1),
                 http1_max_pending: Some(1),

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 
 use crate::upstream::Body;
 
@@ -67,9 +67,14 @@ pub fn grpc_for_http(status: StatusCode) -> u32 {
 }
 
 pub fn full(s: impl Into<Bytes>) -> Body {
-    Full::new(s.into()).map_err(|never| match never {}).boxed()
+    let s = s.into();
+    if s.is_empty() {
+        return empty();
+    }
+    Full::new(s).map_err(|never| match never {}).boxed()
 }
 
+/// A body of nothing; boxing it allocates nothing (most requests carry no body).
 pub fn empty() -> Body {
-    full(Bytes::new())
+    Empty::new().map_err(|never| match never {}).boxed()
 }

@@ -6,10 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use lanyard_core::identity::Identity;
-use lanyard_core::policy::authz::{evaluate, HttpAttrs, Request as AuthzRequest};
+use lanyard_core::policy::authz::{decide, Headers, HttpAttrs, Request as AuthzRequest};
 use lanyard_core::state::{MeshState, Service, Workload};
 use lanyard_core::traffic::virtual_service::{
     Abort, Cors, HeaderOps, HttpRoute, RequestView, RouteAction, StrMatch, WeightedDestination,
@@ -24,6 +25,9 @@ use crate::lb::Balancer;
 use crate::local::{self, Local};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::upstream::{Body, Upstream};
+
+/// A constant name: inserting by `&str` would build (and allocate) the name per request.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What every request handler shares.
 pub struct Inputs {
@@ -121,18 +125,19 @@ async fn route(
     let state = inputs.state.borrow().clone();
     rec.state = Some(state.clone());
     let config = &inputs.config;
-    rec.request_id = Some(match req.headers().get("x-request-id") {
+    rec.request_id = Some(match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
         None => {
             let id = new_request_id();
-            req.headers_mut().insert("x-request-id", id.clone());
+            req.headers_mut().insert(X_REQUEST_ID, id.clone());
             id
         }
     });
     if config.otlp_endpoint.is_some() {
         rec.span = Some(config.tracing.start(req.headers_mut()));
     }
-    let authority = req
+    // Kept once, in the record: the log line and metrics read it there.
+    rec.authority = req
         .uri()
         .authority()
         .map(|a| a.to_string())
@@ -143,7 +148,6 @@ async fn route(
                 .map(str::to_string)
         })
         .unwrap_or_else(|| down.authority.to_string());
-    rec.authority = authority.clone();
     if let IpAddr::V4(ip) = down.src_ip {
         rec.src = state.workload_by_ip(ip).cloned();
     }
@@ -169,19 +173,14 @@ async fn route(
     let user = if authns.is_empty() {
         None
     } else {
-        crate::authn::authenticate(&inputs.jwks, &authns, &mut req).await?
+        crate::authn::authenticate(&inputs.jwks, authns, &mut req).await?
     };
     // `MeshState::authorize_at_waypoint` inlined: no attributes are gathered without policies.
     let policies = state.waypoint_policies(waypoint, svc.as_deref());
     if !policies.is_empty() {
         let principal = down.src_id.principal();
-        let headers: Vec<(&str, &str)> = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-            .collect();
-        let host = authority.as_str();
-        let decision = evaluate(
+        let host = rec.authority.as_str();
+        let verdict = decide(
             policies.iter().map(|p| p.as_ref()),
             &AuthzRequest {
                 principal: Some(principal),
@@ -194,14 +193,15 @@ async fn route(
                     host,
                     method: req.method().as_str(),
                     path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-                    headers,
+                    headers: Headers::Map(req.headers()),
                     request_principal: user.as_ref().map(|u| u.principal.as_str()),
                     claims: user.as_ref().map(|u| &u.claims),
                     remote_ip: Some(down.src_ip),
                 }),
             },
         );
-        if !decision.allowed {
+        if !verdict.allowed() {
+            let decision = verdict.into_decision(policies.iter().map(|p| p.as_ref()));
             let policy = decision.policy();
             inputs
                 .metrics
@@ -246,7 +246,7 @@ async fn route(
             method: req.method().as_str(),
             scheme: "http",
             path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-            authority: &authority,
+            authority: &rec.authority,
             headers: req.headers(),
             port: down.authority.port(),
             source_labels: rec_labels(&state, down.src_ip),
@@ -296,7 +296,10 @@ async fn route(
     let dests = match &http_route.action {
         RouteAction::Redirect(rd) => {
             let scheme = rd.scheme.as_deref().unwrap_or("http");
-            let host = rd.authority.clone().unwrap_or_else(|| authority.clone());
+            let host = rd
+                .authority
+                .clone()
+                .unwrap_or_else(|| rec.authority.clone());
             let host = match rd.port {
                 Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(&host)),
                 None => host,
@@ -328,7 +331,7 @@ async fn route(
     apply(&http_route.headers.request, req.headers_mut());
     apply(&chosen.headers.request, req.headers_mut());
     if let Some(rw) = &http_route.rewrite {
-        rewrite(&mut req, rw, http_route, &authority);
+        rewrite(&mut req, rw, http_route, &rec.authority);
     }
     let mut resp = forward::forward(inputs, &state, plan, req, rec).await?;
     apply(&chosen.headers.response, resp.headers_mut());
@@ -494,7 +497,10 @@ fn new_request_id() -> HeaderValue {
         out[o + 1] = HEX[usize::from(byte & 0x0f)];
         o += 2;
     }
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+    // Owned by its `Bytes`: the record's clone of it shares the buffer instead of moving it
+    // to a new allocation, as a clone of a value built from a slice would.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(out))
+        .expect("hex digits and dashes are a valid header value")
 }
 
 #[cfg(test)]

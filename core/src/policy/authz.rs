@@ -223,12 +223,37 @@ pub struct HttpAttrs<'a> {
     pub host: &'a str,
     pub method: &'a str,
     pub path: &'a str,
-    /// Lower-case name, value.
-    pub headers: Vec<(&'a str, &'a str)>,
+    pub headers: Headers<'a>,
     /// `iss/sub` of a validated JWT.
     pub request_principal: Option<&'a str>,
     pub claims: Option<&'a serde_json::Value>,
     pub remote_ip: Option<IpAddr>,
+}
+
+/// A request's headers, read only when a `request.headers[…]` condition asks: most policies
+/// never look, and a waypoint should not copy every header of every request for them.
+#[derive(Clone, Copy, Debug)]
+pub enum Headers<'a> {
+    Map(&'a http::HeaderMap),
+    /// Lower-case name, value (the CLI's `explain`, tests).
+    Pairs(&'a [(&'a str, &'a str)]),
+}
+
+impl Default for Headers<'_> {
+    fn default() -> Self {
+        Headers::Pairs(&[])
+    }
+}
+
+impl<'a> Headers<'a> {
+    /// The first value of a header, by lower-case name; a value that is not visible ASCII
+    /// matches nothing, as before any rule could compare it.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        match *self {
+            Headers::Map(m) => m.get(name)?.to_str().ok(),
+            Headers::Pairs(p) => p.iter().find(|(n, _)| *n == name).map(|(_, v)| *v),
+        }
+    }
 }
 
 /// What a decision looks at.
@@ -341,8 +366,7 @@ impl Condition {
                     matches!(v, ConditionValue::Port(p) if *p == r.destination_port)
                 }
                 ConditionKey::RequestHeader(name) => {
-                    let value = http
-                        .and_then(|h| h.headers.iter().find(|(n, _)| n == name).map(|(_, v)| *v));
+                    let value = http.and_then(|h| h.headers.get(name));
                     string_in(value, v)
                 }
                 ConditionKey::AuthPrincipal => string_in(http.and_then(|h| h.request_principal), v),
@@ -464,19 +488,41 @@ pub fn evaluate<'p>(
     policies: impl IntoIterator<Item = &'p AuthorizationPolicy> + Clone,
     r: &Request<'_>,
 ) -> Decision {
+    decide(policies.clone(), r).into_decision(policies)
+}
+
+/// What decided, by reference: the waypoint asks this per request and writes a [`Decision`]
+/// out (names copied) only when it denies.
+pub struct Verdict<'p> {
+    decided: Decided<'p>,
+    dry_run: Vec<(&'p AuthorizationPolicy, usize, bool)>,
+    audited: Vec<(&'p AuthorizationPolicy, usize)>,
+}
+
+enum Decided<'p> {
+    NoAllowPolicies,
+    AllowedBy(&'p AuthorizationPolicy, usize),
+    DeniedBy(&'p AuthorizationPolicy, usize),
+    NoAllowMatched,
+}
+
+/// [`evaluate`] without writing the outcome out.
+pub fn decide<'p>(
+    policies: impl IntoIterator<Item = &'p AuthorizationPolicy>,
+    r: &Request<'_>,
+) -> Verdict<'p> {
     // One pass: the first enforced DENY match decides at once; otherwise the first ALLOW
     // match is kept while the remaining policies are still checked for a DENY.
     let mut dry_run = Vec::new();
     let mut audited = Vec::new();
     let mut any_allow = false;
     let mut allowed = None;
-    for p in policies.clone() {
+    for p in policies {
         match (p.action, p.dry_run) {
             (Action::Deny, false) => {
                 if let Some(i) = p.first_match(r) {
-                    return Decision {
-                        allowed: false,
-                        reason: Reason::DeniedBy(p.rule_ref(i)),
+                    return Verdict {
+                        decided: Decided::DeniedBy(p, i),
                         dry_run,
                         audited,
                     };
@@ -485,39 +531,76 @@ pub fn evaluate<'p>(
             (Action::Allow, false) => {
                 any_allow = true;
                 if allowed.is_none() {
-                    allowed = p.first_match(r).map(|i| p.rule_ref(i));
+                    allowed = p.first_match(r).map(|i| (p, i));
                 }
             }
             (Action::Deny | Action::Allow, true) => {
                 let hit = p.first_match(r);
                 let would_allow = (p.action == Action::Allow) == hit.is_some();
-                dry_run.push((p.rule_ref(hit.unwrap_or(0)), would_allow));
+                dry_run.push((p, hit.unwrap_or(0), would_allow));
             }
             (Action::Audit, _) => {
                 if let Some(i) = p.first_match(r) {
-                    audited.push(p.rule_ref(i));
+                    audited.push((p, i));
                 }
             }
             (Action::Custom, _) => {}
         }
     }
-    let reason = match (allowed, any_allow) {
-        (Some(rule), _) => Reason::AllowedBy(rule),
-        (None, false) => Reason::NoAllowPolicies,
-        // Names are only spelled out on the (rarer) denial path.
-        (None, true) => Reason::NoAllowMatched(
-            policies
-                .into_iter()
-                .filter(|p| p.action == Action::Allow && !p.dry_run)
-                .map(|p| format!("{}/{}", p.namespace, p.name))
-                .collect(),
-        ),
+    let decided = match (allowed, any_allow) {
+        (Some((p, i)), _) => Decided::AllowedBy(p, i),
+        (None, false) => Decided::NoAllowPolicies,
+        (None, true) => Decided::NoAllowMatched,
     };
-    Decision {
-        allowed: matches!(reason, Reason::AllowedBy(_) | Reason::NoAllowPolicies),
-        reason,
+    Verdict {
+        decided,
         dry_run,
         audited,
+    }
+}
+
+// === impl Verdict ===
+
+impl<'p> Verdict<'p> {
+    pub fn allowed(&self) -> bool {
+        matches!(
+            self.decided,
+            Decided::AllowedBy(..) | Decided::NoAllowPolicies
+        )
+    }
+
+    /// Writes the outcome out; `policies` are those [`decide`] was given.
+    pub fn into_decision(
+        self,
+        policies: impl IntoIterator<Item = &'p AuthorizationPolicy>,
+    ) -> Decision {
+        let reason = match self.decided {
+            Decided::AllowedBy(p, i) => Reason::AllowedBy(p.rule_ref(i)),
+            Decided::DeniedBy(p, i) => Reason::DeniedBy(p.rule_ref(i)),
+            Decided::NoAllowPolicies => Reason::NoAllowPolicies,
+            // Names are only spelled out on the (rarer) denial path.
+            Decided::NoAllowMatched => Reason::NoAllowMatched(
+                policies
+                    .into_iter()
+                    .filter(|p| p.action == Action::Allow && !p.dry_run)
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect(),
+            ),
+        };
+        Decision {
+            allowed: matches!(reason, Reason::AllowedBy(_) | Reason::NoAllowPolicies),
+            reason,
+            dry_run: self
+                .dry_run
+                .into_iter()
+                .map(|(p, i, would_allow)| (p.rule_ref(i), would_allow))
+                .collect(),
+            audited: self
+                .audited
+                .into_iter()
+                .map(|(p, i)| p.rule_ref(i))
+                .collect(),
+        }
     }
 }
 

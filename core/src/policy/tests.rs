@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::authz::{applies_to, evaluate, AuthorizationPolicy, HttpAttrs, Reason, Request};
+use super::authz::{
+    applies_to, evaluate, AuthorizationPolicy, Headers, HttpAttrs, Reason, Request,
+};
 use super::wire::{authorization_policy, AuthorizationPolicySpec};
 
 #[derive(Deserialize)]
@@ -113,7 +115,7 @@ fn decide(ps: &[AuthorizationPolicy], r: &R, http: bool) -> String {
             host,
             method,
             path,
-            headers: r.headers.clone(),
+            headers: Headers::Pairs(&r.headers),
             request_principal: r.jwt,
             claims: r.claims.as_ref(),
             remote_ip: None,

@@ -79,7 +79,7 @@ impl MeshState {
     ) -> Decision {
         evaluate(
             self.waypoint_policies(waypoint, svc)
-                .into_iter()
+                .iter()
                 .map(|p| p.as_ref()),
             req,
         )

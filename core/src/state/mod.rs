@@ -22,7 +22,7 @@ pub use analysis::{Code, Finding, Level, ALL_CODES};
 pub use endpoint_slice::{EndpointSlice, SliceEndpoint, SERVICE_NAME_LABEL};
 pub use service::{EndpointSource, Protocol, Service, ServicePort, StaticEndpoint, TargetPort};
 pub use service_entry::ServiceEntry;
-pub use traffic::{Waypoint, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL};
+pub use traffic::{Applicable, Waypoint, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL};
 pub use workload::{Workload, DATAPLANE_MODE_LABEL};
 
 use crate::config::{Rejection, Resource, Snapshot};

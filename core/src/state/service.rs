@@ -34,11 +34,18 @@ pub enum Protocol {
 
 impl ServicePort {
     pub fn protocol(&self) -> Protocol {
-        let from = |p: &str| match p.to_ascii_lowercase().as_str() {
-            "http" => Some(Protocol::Http1),
-            "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
-            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(Protocol::Tcp),
-            _ => None,
+        // Asked per request at a waypoint: compared in place rather than lower-cased.
+        let from = |p: &str| {
+            let is = |names: &[&str]| names.iter().any(|n| p.eq_ignore_ascii_case(n));
+            if is(&["http"]) {
+                Some(Protocol::Http1)
+            } else if is(&["http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c"]) {
+                Some(Protocol::Http2)
+            } else if is(&["tcp", "tls", "https", "mongo", "mysql", "redis"]) {
+                Some(Protocol::Tcp)
+            } else {
+                None
+            }
         };
         if let Some(p) = self.app_protocol.as_deref().and_then(from) {
             return p;

@@ -84,13 +84,40 @@ impl<P> TargetIndex<P> {
 
     /// The root namespace's GatewayClass policies, the waypoint's Gateway policies, then the
     /// service's.
-    fn for_waypoint(&self, root: &str, waypoint: &Waypoint, svc: Option<&Service>) -> Vec<&Arc<P>> {
-        let mut out: Vec<&Arc<P>> = self.get(root, 0, "istio-waypoint").iter().collect();
-        out.extend(self.get(&waypoint.namespace, 1, &waypoint.name));
-        if let Some(svc) = svc {
-            out.extend(self.get(&svc.namespace, 2, &svc.name));
-        }
-        out
+    fn for_waypoint(
+        &self,
+        root: &str,
+        waypoint: &Waypoint,
+        svc: Option<&Service>,
+    ) -> Applicable<'_, P> {
+        Applicable([
+            self.get(root, 0, "istio-waypoint"),
+            self.get(&waypoint.namespace, 1, &waypoint.name),
+            svc.map_or(&[], |svc| self.get(&svc.namespace, 2, &svc.name)),
+        ])
+    }
+}
+
+/// The policies that apply at a waypoint, in order: the index's own lists, borrowed, so that
+/// a request's lookup copies nothing.
+#[derive(Debug)]
+pub struct Applicable<'a, P>([&'a [Arc<P>]; 3]);
+
+impl<P> Clone for Applicable<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for Applicable<'_, P> {}
+
+impl<'a, P> Applicable<'a, P> {
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|list| list.is_empty())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a Arc<P>> + Clone + 'a {
+        self.0.into_iter().flatten()
     }
 }
 
@@ -254,7 +281,7 @@ impl MeshState {
         &self,
         waypoint: &Waypoint,
         svc: Option<&Service>,
-    ) -> Vec<&Arc<AuthorizationPolicy>> {
+    ) -> Applicable<'_, AuthorizationPolicy> {
         self.traffic_index
             .authz
             .for_waypoint(&self.root_namespace, waypoint, svc)
@@ -265,7 +292,7 @@ impl MeshState {
         &self,
         waypoint: &Waypoint,
         svc: Option<&Service>,
-    ) -> Vec<&Arc<RequestAuthentication>> {
+    ) -> Applicable<'_, RequestAuthentication> {
         self.traffic_index
             .authn
             .for_waypoint(&self.root_namespace, waypoint, svc)

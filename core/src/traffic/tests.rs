@@ -313,7 +313,7 @@ fn waypoint_policies_are_found_by_target_once_each() {
         namespace: "demo".into(),
         name: "waypoint".into(),
     };
-    let names = |ps: Vec<&std::sync::Arc<crate::policy::authz::AuthorizationPolicy>>| {
+    let names = |ps: crate::state::Applicable<'_, crate::policy::authz::AuthorizationPolicy>| {
         ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>()
     };
     assert_eq!(

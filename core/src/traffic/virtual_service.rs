@@ -152,6 +152,15 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The default, shared: a request without a route of its own borrows it.
+    pub fn istio_default() -> &'static RetryPolicy {
+        static DEFAULT: std::sync::LazyLock<RetryPolicy> =
+            std::sync::LazyLock::new(RetryPolicy::default);
+        &DEFAULT
+    }
+}
+
 pub const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
