@@ -78,8 +78,8 @@ fn nginx_conf(dir: &std::path::Path, upstream: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// All processes of the nginx pod (master and worker), by the pod's cgroup.
-fn cgroup_pids(cgroup: &std::path::Path) -> Vec<u32> {
+/// All processes in a pod's app cgroup (nginx's master and worker; the waypoint).
+pub fn cgroup_pids(cgroup: &std::path::Path) -> Vec<u32> {
     std::fs::read_to_string(cgroup.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
@@ -147,36 +147,7 @@ pub fn l7() -> Result<()> {
         }
     }
     crate::bench::use_release_binaries()?;
-    // Extra waypoint flags, to compare configurations of one build (e.g. `--worker-threads 1`).
-    let extra = std::env::var("LANYARD_BENCH_WAYPOINT_ARGS").unwrap_or_default();
-    let mut extra: Vec<&str> = extra.split_whitespace().collect();
-    if !extra.is_empty() {
-        eprintln!("waypoint flags: {extra:?}");
-    }
-    // Like for like: the bench's nginx writes no access log, nor does Istio's default profile
-    // (`meshConfig.accessLogFile` empty), so the waypoint writes none either.
-    if !extra
-        .iter()
-        .any(|a| *a == "--access-log" || a.starts_with("--access-log="))
-    {
-        extra.extend(["--access-log", "off"]);
-    }
-    let mut mesh = Mesh::builder("benc7")
-        .waypoint_args(&extra)
-        .nodes(2)
-        .namespace("bench", false)
-        .namespace("edge", false)
-        .waypoint("bench")
-        .pod(PodSpec::new("client", "bench").node(0))
-        .pod(PodSpec::new("server", "bench").node(1))
-        .pod(PodSpec::new("nginx", "edge").node(0))
-        .service(ServiceSpec::new("server", "bench", VIP.parse()?).named_port("http", 80, 8080))
-        .start()?;
-    let cmd = mesh.command(
-        "server",
-        &["http-server", "--port", "8080", "--size", "1024"],
-    );
-    mesh.start_listening(cmd, "http-server")?;
+    let mut mesh = topology("benc7")?;
     let server = format!("{}:8080", mesh.pod("server").ip);
     let conf = nginx_conf(mesh.dir.path(), &server)?;
     let nginx = mesh
@@ -199,15 +170,11 @@ pub fn l7() -> Result<()> {
             &|| cgroup_pids(&nginx_cgroup),
         )
     })?;
-    mesh.extra_yaml = config();
-    mesh.set_namespace_ambient("bench", true)?;
-    mesh.wait_enrolled(Duration::from_secs(15))?;
-    std::thread::sleep(Duration::from_secs(1));
-    let wp_cgroup = mesh.pod("waypoint-bench").cgroup.join("app");
+    enroll(&mut mesh)?;
+    let wp_cgroup = waypoint_cgroup(&mesh);
     eprintln!("measuring waypoint…");
     let (via_wp, wp_steal) = steal::during(|| {
         measure(&mesh, &format!("http://{VIP}:80/"), &|| {
-            // The waypoint process (its e2e-tool launcher has exec'd into it).
             cgroup_pids(&wp_cgroup)
         })
     })?;
@@ -220,6 +187,70 @@ pub fn l7() -> Result<()> {
     ]);
     println!("{table}");
     crate::bench::write_section("L7 (waypoint)", &l7_preamble(), &table)?;
+    Ok(())
+}
+
+/// The bench's topology, its namespace not yet in the mesh: client and nginx pods on node 0,
+/// the 1 KiB server on node 1 behind Service `server` ([`VIP`]), the namespace's waypoint.
+pub fn topology(prefix: &str) -> Result<Mesh> {
+    // Extra waypoint flags, to compare configurations of one build (e.g. `--worker-threads 1`).
+    let extra = std::env::var("LANYARD_BENCH_WAYPOINT_ARGS").unwrap_or_default();
+    let mut extra: Vec<&str> = extra.split_whitespace().collect();
+    if !extra.is_empty() {
+        eprintln!("waypoint flags: {extra:?}");
+    }
+    // Like for like: the bench's nginx writes no access log, nor does Istio's default profile
+    // (`meshConfig.accessLogFile` empty), so the waypoint writes none either.
+    if !extra
+        .iter()
+        .any(|a| *a == "--access-log" || a.starts_with("--access-log="))
+    {
+        extra.extend(["--access-log", "off"]);
+    }
+    let mut mesh = Mesh::builder(prefix)
+        .waypoint_args(&extra)
+        .nodes(2)
+        .namespace("bench", false)
+        .namespace("edge", false)
+        .waypoint("bench")
+        .pod(PodSpec::new("client", "bench").node(0))
+        .pod(PodSpec::new("server", "bench").node(1))
+        .pod(PodSpec::new("nginx", "edge").node(0))
+        .service(ServiceSpec::new("server", "bench", VIP.parse()?).named_port("http", 80, 8080))
+        .start()?;
+    let cmd = mesh.command(
+        "server",
+        &["http-server", "--port", "8080", "--size", "1024"],
+    );
+    mesh.start_listening(cmd, "http-server")?;
+    Ok(mesh)
+}
+
+/// Puts the bench namespace in the mesh, with the 20 routes and 20 rules, and waits for it.
+pub fn enroll(mesh: &mut Mesh) -> Result<()> {
+    mesh.extra_yaml = config();
+    mesh.set_namespace_ambient("bench", true)?;
+    mesh.wait_enrolled(Duration::from_secs(15))?;
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(())
+}
+
+/// The waypoint's cgroup: its process (the e2e-tool launcher has exec'd into it).
+pub fn waypoint_cgroup(mesh: &Mesh) -> std::path::PathBuf {
+    mesh.pod("waypoint-bench").cgroup.join("app")
+}
+
+/// The bench's load through the waypoint, without measuring: the max-rate run, then the
+/// fixed-rate one (`cargo xtask link-order waypoint` samples the waypoint under it).
+pub fn waypoint_load(mesh: &Mesh) -> Result<()> {
+    let url = format!("http://{VIP}:80/");
+    for args in [
+        &["-z", "10s", "-c", "16", url.as_str()][..],
+        &["-z", "15s", "-q", "1000", "-c", "4", url.as_str()][..],
+    ] {
+        let out = oha(mesh, args)?;
+        crate::bench::all_ok(&out, &format!("load through {url}"))?;
+    }
     Ok(())
 }
 

@@ -11,6 +11,12 @@
 //! one host and ten minutes on another (14k functions, session 17); removing them takes the
 //! kernel many minutes after the tool exits (one RCU grace period per uprobe), and a second
 //! run started meanwhile opens its counters just as slowly.
+//!
+//! `cargo xtask link-order waypoint` writes `waypoint/link-order.txt` the cheaper way: `perf`
+//! samples of the waypoint while it carries the L7 bench's load (its max-rate run, then its
+//! 1000-rps run, through the bench's 20 routes and 20 rules). Sampling finds the functions
+//! that cost time, not every function that ran; for a proxy whose steady state is one
+//! request path, that is the path the layout is for.
 
 use std::fs::File;
 use std::io::Read;
@@ -94,6 +100,81 @@ pub fn write() -> Result<()> {
         functions.len()
     );
     drop(counters);
+    Ok(())
+}
+
+pub fn write_waypoint() -> Result<()> {
+    crate::bench::ensure_tools()?;
+    if tool("perf").is_err() {
+        let s = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "linux-perf"])
+            .status()?;
+        if !s.success() {
+            bail!("apt-get install linux-perf failed");
+        }
+    }
+    crate::bench::use_release_binaries()?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut mesh = crate::bench_l7::topology("lordw")?;
+    crate::bench_l7::enroll(&mut mesh)?;
+    let pid = *crate::bench_l7::cgroup_pids(&crate::bench_l7::waypoint_cgroup(&mesh))
+        .first()
+        .context("no waypoint process")?;
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("perf.data");
+    let mut perf = Command::new(tool("perf")?)
+        .args(["record", "-q", "-F", "1999", "-p", &pid.to_string(), "-o"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let load = crate::bench_l7::waypoint_load(&mesh);
+    // perf writes its data on SIGINT.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(perf.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let recorded = perf.wait()?;
+    drop(mesh);
+    load?;
+    if !recorded.success() && !data.exists() {
+        bail!("perf record: {recorded}");
+    }
+    let out = Command::new(tool("perf")?)
+        .args(["script", "--no-demangle", "-F", "ip,sym,dso", "-i"])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .output()?;
+    let mut counts: std::collections::HashMap<&str, u64> = Default::default();
+    let text = String::from_utf8(out.stdout)?;
+    for line in text.lines() {
+        // `<address> <symbol> (<dso path>)`: the waypoint's own Rust functions only (C and
+        // assembly keep their objects' order; the kernel and libc are not ours to place).
+        let [_, symbol, dso] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+            continue;
+        };
+        let rust = symbol.starts_with("_ZN") || symbol.starts_with("_R");
+        if rust && dso.trim_end_matches(')').ends_with("/lanyard-waypoint") {
+            *counts.entry(symbol).or_default() += 1;
+        }
+    }
+    if counts.len() < 50 {
+        bail!(
+            "only {} waypoint functions in the samples: is perf allowed to read them?",
+            counts.len()
+        );
+    }
+    let mut hits: Vec<(u64, &str)> = counts.into_iter().map(|(s, n)| (n, s)).collect();
+    hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let symbols: Vec<&str> = hits.iter().map(|(_, s)| *s).collect();
+    let mut seen = std::collections::HashSet::new();
+    let list: String = hash_free(&symbols)?
+        .into_iter()
+        .filter(|name| seen.insert(name.clone()))
+        .map(|name| format!("{name}\n"))
+        .collect();
+    std::fs::write(root.join("waypoint/link-order.txt"), list)?;
+    eprintln!("waypoint/link-order.txt: {} functions sampled", seen.len());
     Ok(())
 }
 

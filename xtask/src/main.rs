@@ -49,9 +49,13 @@ enum Cmd {
         #[arg(default_value = "l4")]
         suite: String,
     },
-    /// Write agent/link-order.txt: the functions a release agent runs, which release builds
-    /// place together in its text (root, uprobes; takes a few minutes).
-    LinkOrder,
+    /// Write agent/link-order.txt (`agent`: uprobes, a few minutes) or
+    /// waypoint/link-order.txt (`waypoint`: perf samples under the L7 bench's load): the
+    /// functions a release binary runs, which release builds place together in its text.
+    LinkOrder {
+        #[arg(default_value = "agent")]
+        binary: String,
+    },
     /// Write deploy/'s Istio CRDs from the schema Lanyard reads them with.
     Crds,
     /// Render the Helm chart (with the CRDs) to deploy/lanyard.yaml.
@@ -70,9 +74,13 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Lint => lint(),
         Cmd::E2eClean => setup::clean_e2e(),
-        Cmd::LinkOrder => {
+        Cmd::LinkOrder { binary } => {
             setup::ensure()?;
-            link_order::write()
+            match binary.as_str() {
+                "agent" => link_order::write(),
+                "waypoint" => link_order::write_waypoint(),
+                other => bail!("no link order for {other:?} (have: agent, waypoint)"),
+            }
         }
         Cmd::Crds => crds::write(),
         Cmd::Manifests => chart::write_manifest(),
