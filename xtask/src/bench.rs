@@ -51,14 +51,20 @@ pub fn tool(name: &str) -> Result<PathBuf> {
     bail!("{name} not found: `cargo xtask bench` installs it, or install it yourself")
 }
 
+/// A Debian package a bench needs (root; the machine's apt sources).
+pub fn apt_install(package: &str) -> Result<()> {
+    let s = Command::new("apt-get")
+        .args(["install", "-y", "-qq", package])
+        .status()?;
+    if !s.success() {
+        bail!("apt-get install {package} failed");
+    }
+    Ok(())
+}
+
 pub fn ensure_tools() -> Result<()> {
     if tool("iperf3").is_err() {
-        let s = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "iperf3"])
-            .status()?;
-        if !s.success() {
-            bail!("apt-get install iperf3 failed");
-        }
+        apt_install("iperf3")?;
     }
     if tool("oha").is_err() {
         crate::cargo(&["install", "oha", "--locked"])?;

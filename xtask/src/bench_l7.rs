@@ -8,10 +8,10 @@
 //! - waypoint: client → its agent → waypoint pod (node 0) → server's agent → server.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lanyard_e2e::{Mesh, PodSpec, ServiceSpec};
 use serde_json::Value;
 
@@ -139,12 +139,7 @@ fn measure(mesh: &Mesh, url: &str, proxy: &dyn Fn() -> Vec<u32>) -> Result<Path>
 pub fn l7() -> Result<()> {
     crate::bench::ensure_tools()?;
     if !std::path::Path::new("/usr/sbin/nginx").exists() {
-        let s = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "nginx-light"])
-            .status()?;
-        if !s.success() {
-            bail!("apt-get install nginx-light failed");
-        }
+        crate::bench::apt_install("nginx-light")?;
     }
     crate::bench::use_release_binaries()?;
     let mut mesh = topology("benc7")?;

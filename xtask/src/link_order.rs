@@ -83,20 +83,12 @@ pub fn write() -> Result<()> {
             hits.push((n, &f.symbol));
         }
     }
-    // Hottest first: the data path shares its pages (and TLB entries) with itself.
-    hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-    let symbols: Vec<&str> = hits.iter().map(|(_, s)| *s).collect();
-    let mut seen = std::collections::HashSet::new();
-    let list: String = hash_free(&symbols)?
-        .into_iter()
-        .filter(|name| seen.insert(name.clone()))
-        .map(|name| format!("{name}\n"))
-        .collect();
-    std::fs::write(root.join("agent/link-order.txt"), list)?;
+    let ran = hits.len();
+    write_list(&root.join("agent/link-order.txt"), hits)?;
     eprintln!(
         "agent/link-order.txt: {} of {} functions ran; the kernel now removes the uprobes, \
          which takes many minutes",
-        hits.len(),
+        ran,
         functions.len()
     );
     drop(counters);
@@ -106,12 +98,7 @@ pub fn write() -> Result<()> {
 pub fn write_waypoint() -> Result<()> {
     crate::bench::ensure_tools()?;
     if tool("perf").is_err() {
-        let s = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "linux-perf"])
-            .status()?;
-        if !s.success() {
-            bail!("apt-get install linux-perf failed");
-        }
+        crate::bench::apt_install("linux-perf")?;
     }
     crate::bench::use_release_binaries()?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -164,7 +151,15 @@ pub fn write_waypoint() -> Result<()> {
             counts.len()
         );
     }
-    let mut hits: Vec<(u64, &str)> = counts.into_iter().map(|(s, n)| (n, s)).collect();
+    let hits: Vec<(u64, &str)> = counts.into_iter().map(|(s, n)| (n, s)).collect();
+    let listed = write_list(&root.join("waypoint/link-order.txt"), hits)?;
+    eprintln!("waypoint/link-order.txt: {listed} functions sampled");
+    Ok(())
+}
+
+/// Writes the functions hottest first (the data path shares its pages, and TLB entries, with
+/// itself), by hash-free name, each once; returns how many were written.
+fn write_list(path: &Path, mut hits: Vec<(u64, &str)>) -> Result<usize> {
     hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
     let symbols: Vec<&str> = hits.iter().map(|(_, s)| *s).collect();
     let mut seen = std::collections::HashSet::new();
@@ -173,9 +168,8 @@ pub fn write_waypoint() -> Result<()> {
         .filter(|name| seen.insert(name.clone()))
         .map(|name| format!("{name}\n"))
         .collect();
-    std::fs::write(root.join("waypoint/link-order.txt"), list)?;
-    eprintln!("waypoint/link-order.txt: {} functions sampled", seen.len());
-    Ok(())
+    std::fs::write(path, list)?;
+    Ok(seen.len())
 }
 
 /// Each symbol without what differs between builds of the same sources (the legacy

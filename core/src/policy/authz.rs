@@ -247,7 +247,7 @@ impl Default for Headers<'_> {
 
 impl<'a> Headers<'a> {
     /// The first value of a header, by lower-case name; a value that is not visible ASCII
-    /// matches nothing, as before any rule could compare it.
+    /// reads as absent (no string condition could match it).
     pub fn get(&self, name: &str) -> Option<&'a str> {
         match *self {
             Headers::Map(m) => m.get(name)?.to_str().ok(),

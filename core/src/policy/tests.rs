@@ -476,3 +476,20 @@ mod peer {
         );
     }
 }
+
+/// A waypoint hands the engine its request's header map as it is: names match whatever case
+/// the client wrote, the first value counts, and a value that is not text reads as absent.
+#[test]
+fn headers_are_read_from_the_request_map_in_place() {
+    let mut map = http::HeaderMap::new();
+    map.append("X-User", http::HeaderValue::from_static("beta-tester"));
+    map.append("x-user", http::HeaderValue::from_static("other"));
+    map.insert("x-bin", http::HeaderValue::from_bytes(b"\xff").unwrap());
+    let h = Headers::Map(&map);
+    assert_eq!(h.get("x-user"), Some("beta-tester"));
+    assert_eq!(h.get("x-bin"), None);
+    assert_eq!(h.get("x-none"), None);
+    let pairs = [("x-user", "beta-tester")];
+    assert_eq!(Headers::Pairs(&pairs).get("x-user"), Some("beta-tester"));
+    assert_eq!(Headers::default().get("x-user"), None);
+}
