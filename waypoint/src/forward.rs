@@ -4,15 +4,13 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Incoming};
 use lanyard_core::state::{MeshState, Protocol, Service, Workload};
 use lanyard_core::traffic::destination_rule::{HashOn, OutlierDetection, TrafficPolicy};
 use lanyard_core::traffic::virtual_service::{
@@ -20,19 +18,25 @@ use lanyard_core::traffic::virtual_service::{
 };
 use lanyard_core::traffic::LoadBalancer;
 use rand::Rng;
+use smallvec::{smallvec, SmallVec};
 
+use crate::body::ResponseBody;
 use crate::lb::{Cluster, ClusterRef, Outcome};
 use crate::local::{self, Local};
-use crate::metrics::{Metrics, RequestRecord};
+use crate::metrics::RequestRecord;
 use crate::pool::PooledBody;
 use crate::route::Inputs;
 use crate::upstream::{Body, BoxError};
+
+/// A plan's endpoints. Inline up to a few: most services have that many per subset, and a
+/// `Vec` here, with the addresses' own below, was two allocations per request.
+pub type Endpoints = SmallVec<[(SocketAddr, Arc<Workload>); 4]>;
 
 /// Where and how one request is sent, decided before the first attempt. Borrows the route
 /// it was planned from: a request copies none of its policies.
 pub struct Plan<'a> {
     pub cluster: Arc<Cluster>,
-    pub endpoints: Vec<(SocketAddr, Arc<Workload>)>,
+    pub endpoints: Endpoints,
     pub lb: LoadBalancer,
     pub outlier: Option<OutlierDetection>,
     pub h2: bool,
@@ -117,7 +121,7 @@ impl<'a> Plan<'a> {
                 "workload has no address",
             )
         })?;
-        let endpoints = vec![(SocketAddr::new(ip.into(), port), w.clone())];
+        let endpoints = smallvec![(SocketAddr::new(ip.into(), port), w.clone())];
         let key = ClusterRef {
             host: &w.name,
             subset: None,
@@ -136,7 +140,7 @@ impl<'a> Plan<'a> {
     fn build(
         inputs: &Inputs,
         key: ClusterRef<'_>,
-        endpoints: Vec<(SocketAddr, Arc<Workload>)>,
+        endpoints: Endpoints,
         policy: TrafficPolicy,
         h2: bool,
         route: Option<&'a HttpRoute>,
@@ -158,6 +162,11 @@ impl<'a> Plan<'a> {
             mirrors: route.map_or(&[], |r| &r.mirrors),
             connect_timeout: policy.pool.connect_timeout,
         }
+    }
+
+    /// The endpoints' addresses, for `Cluster::pick`.
+    pub fn addrs(&self) -> SmallVec<[SocketAddr; 8]> {
+        self.endpoints.iter().map(|(a, _)| *a).collect()
     }
 }
 
@@ -313,7 +322,7 @@ pub async fn forward(
     plan: Plan<'_>,
     mut req: Request<Incoming>,
     rec: &mut RequestRecord,
-) -> Result<Response<Body>, Local> {
+) -> Result<Response<ResponseBody>, Local> {
     if plan.endpoints.is_empty() {
         return Err(Local::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -378,7 +387,7 @@ pub async fn forward(
         parts.headers.insert(header::UPGRADE, up);
     }
     if !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&rec.authority) {
+        if let Ok(v) = HeaderValue::from_str(rec.authority.as_str()) {
             parts.headers.insert(header::HOST, v);
         }
     }
@@ -396,7 +405,7 @@ pub async fn forward(
         }
     }
     let key = hash_key(&plan.lb, &parts.headers, path, rec.src_ip);
-    let addrs: Vec<SocketAddr> = plan.endpoints.iter().map(|(a, _)| *a).collect();
+    let addrs = plan.addrs();
     let allowed = if buffered.is_some() {
         1 + plan.retries.attempts
     } else {
@@ -457,7 +466,7 @@ pub async fn forward(
                         let server_side = hyper::upgrade::on(&mut resp);
                         tokio::spawn(splice(client_side, server_side));
                         let (parts, _) = resp.into_parts();
-                        return Ok(Response::from_parts(parts, local::empty()));
+                        return Ok(Response::from_parts(parts, local::empty().into()));
                     }
                 }
                 report(inputs, &plan, addr, Outcome::Status(status.as_u16()), rec);
@@ -470,10 +479,7 @@ pub async fn forward(
                 strip_hop_by_hop(&mut rparts.headers, false);
                 let lease = lease.filter(|_| !plan.close_after);
                 let body = PooledBody::new(rbody, lease);
-                return Ok(Response::from_parts(
-                    rparts,
-                    body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-                ));
+                return Ok(Response::from_parts(rparts, ResponseBody::Upstream(body)));
             }
             Ok(Err(e)) => {
                 report(inputs, &plan, addr, Outcome::ConnectFailure, rec);
@@ -603,6 +609,7 @@ fn mirror(
     };
     let dialed = rec
         .authority
+        .as_str()
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
@@ -610,12 +617,12 @@ fn mirror(
     let Ok(plan) = Plan::to_service(inputs, state, &wd, None, dialed) else {
         return;
     };
-    let addrs: Vec<SocketAddr> = plan.endpoints.iter().map(|(a, _)| *a).collect();
+    let addrs = plan.addrs();
     let Some(addr) = plan.cluster.pick(&addrs, &plan.lb, None, None) else {
         return;
     };
     let mut out = outgoing(parts, local::full(body), plan.h2);
-    let host = rec.authority.split(':').next().unwrap_or_default();
+    let host = rec.authority.as_str().split(':').next().unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow")) {
         out.headers_mut().insert(header::HOST, v);
     }
@@ -627,71 +634,6 @@ fn mirror(
             let _ = PooledBody::new(resp.into_body(), lease).collect().await;
         }
     });
-}
-
-/// Wraps a response body so that the request is counted and logged when the body ends (or
-/// the client goes away), with the bytes actually sent.
-pub fn record_on_finish(
-    resp: Response<Body>,
-    metrics: Arc<Metrics>,
-    rec: RequestRecord,
-    start: Instant,
-) -> Response<Body> {
-    resp.map(|inner| {
-        Recorded {
-            inner,
-            bytes: 0,
-            done: Some((metrics, rec, start)),
-        }
-        .boxed()
-    })
-}
-
-struct Recorded {
-    inner: Body,
-    bytes: u64,
-    done: Option<(Arc<Metrics>, RequestRecord, Instant)>,
-}
-
-impl hyper::body::Body for Recorded {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &polled {
-            if let Some(d) = f.data_ref() {
-                self.bytes += d.len() as u64;
-            } else if let Some(t) = f.trailers_ref() {
-                // gRPC's status usually arrives in trailers.
-                if let (Some(s), Some((_, rec, _))) = (grpc_status(t), self.done.as_mut()) {
-                    rec.grpc_status = Some(s);
-                }
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Recorded {
-    fn drop(&mut self) {
-        if let Some((metrics, mut rec, start)) = self.done.take() {
-            rec.response_bytes = self.bytes;
-            rec.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
-            metrics.record(rec);
-        }
-    }
 }
 
 #[cfg(test)]

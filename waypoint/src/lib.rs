@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod authn;
+pub mod body;
 pub mod config;
 pub mod forward;
 pub mod h2c;

@@ -7,8 +7,8 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Method};
+use http::uri::{self, PathAndQuery};
+use http::{header, HeaderValue, Method, Request};
 use lanyard_core::access_log::AccessLog;
 use lanyard_core::identity::Identity;
 use lanyard_core::state::{MeshState, Service, Workload};
@@ -95,7 +95,7 @@ pub struct RequestRecord {
     pub grpc_status: Option<u32>,
     pub method: Method,
     pub path: Option<PathAndQuery>,
-    pub authority: String,
+    pub authority: Authority,
     pub request_id: Option<HeaderValue>,
     /// The VirtualService and the index of its HTTP route that matched.
     pub route: Option<(Arc<VirtualService>, usize)>,
@@ -435,6 +435,57 @@ impl Metrics {
     }
 }
 
+/// The request's authority, kept without a copy: the URI's (HTTP/2's `:authority`), else the
+/// `Host` header's, else the address the tunnel dialed. The first two share the request's
+/// buffer; a `String` here was one allocation per request.
+#[derive(Debug, Clone)]
+pub enum Authority {
+    Uri(uri::Authority),
+    /// Visible ASCII, checked when chosen.
+    Host(HeaderValue),
+    Dialed(String),
+}
+
+// === impl Authority ===
+
+impl Authority {
+    pub fn of<B>(req: &Request<B>, dialed: SocketAddr) -> Self {
+        if let Some(a) = req.uri().authority() {
+            return Self::Uri(a.clone());
+        }
+        match req.headers().get(header::HOST) {
+            Some(h) if h.to_str().is_ok() => Self::Host(h.clone()),
+            _ => Self::Dialed(dialed.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Uri(a) => a.as_str(),
+            Self::Host(h) => h.to_str().unwrap_or_default(),
+            Self::Dialed(s) => s,
+        }
+    }
+}
+
+impl Default for Authority {
+    fn default() -> Self {
+        Self::Dialed(String::new())
+    }
+}
+
+impl From<&str> for Authority {
+    fn from(s: &str) -> Self {
+        Self::Dialed(s.to_string())
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One request's access-log line: its fields, borrowed from the record.
 #[derive(Serialize)]
 struct AccessEntry<'a> {
@@ -465,7 +516,7 @@ impl<'a> From<&'a RequestRecord> for AccessEntry<'a> {
             request_id: r.request_id(),
             method: r.method.as_str(),
             path: r.path(),
-            authority: &r.authority,
+            authority: r.authority.as_str(),
             protocol: r.protocol,
             response_code: r.code,
             response_flags: r.flags,

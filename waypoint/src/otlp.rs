@@ -199,7 +199,7 @@ fn kv_int(key: &str, value: i64) -> KeyValue {
 fn span(ctx: &SpanContext, r: &RequestRecord, end_unix_nanos: u64) -> Span {
     let host = match r.service {
         Some(_) => r.dst_service().to_string(),
-        None => r.authority.clone(),
+        None => r.authority.to_string(),
     };
     let mut attributes = vec![
         kv("component", "proxy"),

@@ -19,11 +19,12 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::body::{self, Recorded, ResponseBody};
 use crate::config::Config;
 use crate::forward::{self, Plan};
 use crate::lb::Balancer;
 use crate::local::{self, Local};
-use crate::metrics::{Metrics, RequestRecord};
+use crate::metrics::{Authority, Metrics, RequestRecord};
 use crate::upstream::{Body, Upstream};
 
 /// A constant name: inserting by `&str` would build (and allocate) the name per request.
@@ -72,10 +73,10 @@ pub async fn handle(
     inputs: Arc<Inputs>,
     down: Arc<Downstream>,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Recorded>, Infallible> {
     if req.headers().contains_key(header::UPGRADE) {
         if let Some(switching) = crate::h2c::upgrade(&inputs, &down, &mut req) {
-            return Ok(switching);
+            return Ok(switching.map(Recorded::unrecorded));
         }
     }
     let start = Instant::now();
@@ -92,7 +93,7 @@ pub async fn handle(
         Ok(r) => (r, rec.flags),
         Err(local) => {
             debug!(status = %local.status, flags = local.flags, "{}", local.body);
-            (local.response(grpc), local.flags)
+            (local.response(grpc).map(ResponseBody::Local), local.flags)
         }
     };
     rec.flags = if flags.is_empty() { "-" } else { flags };
@@ -102,7 +103,7 @@ pub async fn handle(
             rec.grpc_status = Some(s);
         }
     }
-    Ok(forward::record_on_finish(
+    Ok(body::record_on_finish(
         resp,
         inputs.metrics.clone(),
         rec,
@@ -121,7 +122,7 @@ async fn route(
     down: &Downstream,
     mut req: Request<Incoming>,
     rec: &mut RequestRecord,
-) -> Result<Response<Body>, Local> {
+) -> Result<Response<ResponseBody>, Local> {
     let state = inputs.state.borrow().clone();
     rec.state = Some(state.clone());
     let config = &inputs.config;
@@ -137,17 +138,7 @@ async fn route(
         rec.span = Some(config.tracing.start(req.headers_mut()));
     }
     // Kept once, in the record: the log line and metrics read it there.
-    rec.authority = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| down.authority.to_string());
+    rec.authority = Authority::of(&req, down.authority);
     if let IpAddr::V4(ip) = down.src_ip {
         rec.src = state.workload_by_ip(ip).cloned();
     }
@@ -227,11 +218,11 @@ async fn route(
         let plan = Plan::to_workload(inputs, &w, down.authority.port(), None)?;
         return forward::forward(inputs, &state, plan, req, rec).await;
     };
-    let host = svc.hostname(state.cluster_domain());
+    let host = state.host_name(&svc);
     let Some(vs) = state.virtual_service_for(&host).cloned() else {
         let default = WeightedDestination {
             destination: lanyard_core::traffic::virtual_service::Destination {
-                host: host.clone(),
+                host: host.into_owned(),
                 subset: None,
                 port: Some(down.authority.port()),
             },
@@ -246,7 +237,7 @@ async fn route(
             method: req.method().as_str(),
             scheme: "http",
             path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-            authority: &rec.authority,
+            authority: rec.authority.as_str(),
             headers: req.headers(),
             port: down.authority.port(),
             source_labels: rec_labels(&state, down.src_ip),
@@ -270,7 +261,7 @@ async fn route(
 
     if let Some(cors) = &http_route.cors {
         if let Some(resp) = preflight(cors, &req) {
-            return Ok(resp);
+            return Ok(resp.map(ResponseBody::Local));
         }
     }
     if let Some(fault) = &http_route.fault {
@@ -299,7 +290,7 @@ async fn route(
             let host = rd
                 .authority
                 .clone()
-                .unwrap_or_else(|| rec.authority.clone());
+                .unwrap_or_else(|| rec.authority.to_string());
             let host = match rd.port {
                 Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(&host)),
                 None => host,
@@ -310,12 +301,12 @@ async fn route(
             if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{path}")) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            return Ok(r);
+            return Ok(r.map(ResponseBody::Local));
         }
         RouteAction::Direct { status, body } => {
             let mut r = Response::new(local::full(body.clone()));
             *r.status_mut() = *status;
-            return Ok(r);
+            return Ok(r.map(ResponseBody::Local));
         }
         RouteAction::Forward(d) => d,
     };
@@ -331,7 +322,7 @@ async fn route(
     apply(&http_route.headers.request, req.headers_mut());
     apply(&chosen.headers.request, req.headers_mut());
     if let Some(rw) = &http_route.rewrite {
-        rewrite(&mut req, rw, http_route, &rec.authority);
+        rewrite(&mut req, rw, http_route, rec.authority.as_str());
     }
     let mut resp = forward::forward(inputs, &state, plan, req, rec).await?;
     apply(&chosen.headers.response, resp.headers_mut());

@@ -1,8 +1,6 @@
 //! Opaque TCP through the waypoint: L4 authorization, `tcp` VirtualService routes with
 //! weights, then a byte copy between the inbound tunnel and one to the chosen endpoint.
 
-use std::net::SocketAddr;
-
 use lanyard_core::hbone::H2Io;
 use lanyard_core::policy::authz::Request as AuthzRequest;
 use lanyard_core::state::{MeshState, Waypoint};
@@ -74,7 +72,7 @@ pub async fn forward(
         Ok(p) => p,
         Err(l) => return debug!("TCP connection not routed: {}", l.body),
     };
-    let addrs: Vec<SocketAddr> = plan.endpoints.iter().map(|(a, _)| *a).collect();
+    let addrs = plan.addrs();
     let Some(addr) = plan
         .cluster
         .pick(&addrs, &plan.lb, Some(&down.src_ip.to_string()), None)

@@ -11,6 +11,7 @@ mod service_entry;
 mod traffic;
 mod workload;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -94,6 +95,9 @@ pub struct MeshState {
     findings: Vec<Finding>,
     /// Services by fully-qualified host name.
     by_host: HashMap<String, Arc<Service>>,
+    /// The reverse: each service's host name, by namespace and name, so that a waypoint's
+    /// request finds its host without formatting it.
+    host_names: HashMap<String, HashMap<String, String>>,
     virtual_services: Vec<Arc<VirtualService>>,
     request_authns: Vec<Arc<RequestAuthentication>>,
     destination_rules: Vec<Arc<DestinationRule>>,
@@ -173,6 +177,11 @@ impl MeshState {
         state.service_entries = entries;
         for s in state.services.values() {
             let host = s.hostname(&state.cluster_domain);
+            state
+                .host_names
+                .entry(s.namespace.clone())
+                .or_default()
+                .insert(s.name.clone(), host.clone());
             // A wildcard entry names no one host.
             if !host.starts_with('*') && (s.host.is_none() || !state.by_host.contains_key(&host)) {
                 state.by_host.insert(host, s.clone());
@@ -293,6 +302,15 @@ impl MeshState {
     /// A service by its fully-qualified name (`name.namespace.svc.<domain>`).
     pub fn service_by_host(&self, host: &str) -> Option<&Arc<Service>> {
         self.by_host.get(host)
+    }
+
+    /// `svc`'s host name (`Service::hostname`), as computed when the state was built; a
+    /// service from elsewhere gets it formatted.
+    pub fn host_name<'a>(&'a self, svc: &Service) -> Cow<'a, str> {
+        self.host_names
+            .get(&svc.namespace)
+            .and_then(|by_name| by_name.get(&svc.name))
+            .map_or_else(|| svc.hostname(&self.cluster_domain).into(), |h| h.into())
     }
 
     pub fn namespace_labels(&self, ns: &str) -> Option<&BTreeMap<String, String>> {

@@ -165,6 +165,25 @@ fn a_static_service_entry_is_one_service_per_host() {
 }
 
 #[test]
+fn a_service_host_name_is_read_from_the_state_not_formatted() {
+    let s = state_of(BASE);
+    let db = s.service_by_vip("10.96.0.20".parse().unwrap()).unwrap();
+    let entry = s.service_by_host("api.payments.example").unwrap();
+    for svc in [db, entry] {
+        let host = s.host_name(svc);
+        assert!(matches!(host, Cow::Borrowed(_)), "{host}");
+        assert_eq!(host, svc.hostname(s.cluster_domain()));
+    }
+    assert_eq!(s.host_name(db), "db.demo.svc.cluster.local");
+    // A service of another state (or none) still gets its name.
+    let other = Service {
+        name: "cache".into(),
+        ..(**db).clone()
+    };
+    assert_eq!(s.host_name(&other), "cache.demo.svc.cluster.local");
+}
+
+#[test]
 fn a_workload_selector_entry_reaches_pods_over_the_mesh() {
     let s = state_of(BASE);
     assert_eq!(

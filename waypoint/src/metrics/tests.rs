@@ -130,3 +130,21 @@ fn a_new_state_reads_names_again() {
         (2, "spiffe://corp.example/ns/demo/sa/backend")
     );
 }
+
+#[test]
+fn the_authority_is_the_uri_s_else_the_host_header_s_else_the_dialed_address() {
+    let dialed: SocketAddr = "10.96.0.9:8080".parse().unwrap();
+    let of = |uri: &str, host: Option<&[u8]>| {
+        let mut req = Request::builder().uri(uri);
+        if let Some(h) = host {
+            req = req.header(header::HOST, HeaderValue::from_bytes(h).unwrap());
+        }
+        Authority::of(&req.body(()).unwrap(), dialed).to_string()
+    };
+    assert_eq!(of("http://reviews:9080/a", Some(b"other")), "reviews:9080");
+    assert_eq!(of("/a", Some(b"reviews.demo:9080")), "reviews.demo:9080");
+    assert_eq!(of("/a", None), "10.96.0.9:8080");
+    // Not visible ASCII: not a name to route or log by.
+    assert_eq!(of("/a", Some(b"caf\xc3\xa9")), "10.96.0.9:8080");
+    assert_eq!(Authority::default().as_str(), "");
+}
