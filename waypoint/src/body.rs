@@ -73,7 +73,11 @@ pub fn record_on_finish(
     resp.map(|inner| Recorded {
         inner,
         bytes: 0,
-        done: Some((metrics, rec, start)),
+        done: Some(Box::new(Done {
+            metrics,
+            rec,
+            start,
+        })),
     })
 }
 
@@ -81,7 +85,16 @@ pub fn record_on_finish(
 pub struct Recorded {
     inner: ResponseBody,
     bytes: u64,
-    done: Option<(Arc<Metrics>, RequestRecord, Instant)>,
+    /// Boxed: hyper moves the response several times on its way out, and the record is
+    /// most of its size (each move copied it; a `memmove` count showed four per request).
+    done: Option<Box<Done>>,
+}
+
+/// What is recorded when the body ends.
+struct Done {
+    metrics: Arc<Metrics>,
+    rec: RequestRecord,
+    start: Instant,
 }
 
 // === impl Recorded ===
@@ -111,8 +124,8 @@ impl hyper::body::Body for Recorded {
                 self.bytes += d.len() as u64;
             } else if let Some(t) = f.trailers_ref() {
                 // gRPC's status usually arrives in trailers.
-                if let (Some(s), Some((_, rec, _))) = (grpc_status(t), self.done.as_mut()) {
-                    rec.grpc_status = Some(s);
+                if let (Some(s), Some(done)) = (grpc_status(t), self.done.as_mut()) {
+                    done.rec.grpc_status = Some(s);
                 }
             }
         }
@@ -130,7 +143,12 @@ impl hyper::body::Body for Recorded {
 
 impl Drop for Recorded {
     fn drop(&mut self) {
-        if let Some((metrics, mut rec, start)) = self.done.take() {
+        if let Some(done) = self.done.take() {
+            let Done {
+                metrics,
+                mut rec,
+                start,
+            } = *done;
             rec.response_bytes = self.bytes;
             rec.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
             metrics.record(rec);

@@ -1,7 +1,7 @@
 //! An HBONE stream as a byte stream (`AsyncRead` + `AsyncWrite`), for protocols spoken
 //! inside a tunnel: the waypoint serves and sends HTTP over these.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -70,29 +70,28 @@ impl AsyncRead for H2Io {
     }
 }
 
-impl AsyncWrite for H2Io {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
+impl H2Io {
+    /// Sends as much of `bufs` as the stream has capacity for, as one DATA frame.
+    fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
-        let this = &mut *self;
-        let send = &mut this.stream.send;
-        send.reserve_capacity(buf.len());
+        let send = &mut self.stream.send;
+        send.reserve_capacity(len);
         loop {
             match ready!(send.poll_capacity(cx)) {
                 Some(Ok(0)) => continue,
                 Some(Ok(n)) => {
-                    let n = n.min(buf.len());
+                    let n = n.min(len);
                     let frame = if n <= REUSE_MAX {
-                        this.out.reserve(n);
-                        this.out.extend_from_slice(&buf[..n]);
-                        this.out.split().freeze()
+                        self.out.reserve(n);
+                        put_prefix(&mut self.out, bufs, n);
+                        self.out.split().freeze()
                     } else {
-                        Bytes::copy_from_slice(&buf[..n])
+                        let mut own = BytesMut::with_capacity(n);
+                        put_prefix(&mut own, bufs, n);
+                        own.freeze()
                     };
                     send.send_data(frame, false).map_err(to_io)?;
                     return Poll::Ready(Ok(n));
@@ -106,6 +105,43 @@ impl AsyncWrite for H2Io {
                 }
             }
         }
+    }
+}
+
+/// Copies the first `n` bytes of `bufs` into `out`.
+fn put_prefix(out: &mut BytesMut, bufs: &[IoSlice<'_>], mut n: usize) {
+    for b in bufs {
+        let take = b.len().min(n);
+        out.extend_from_slice(&b[..take]);
+        n -= take;
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_send(cx, &[IoSlice::new(buf)])
+    }
+
+    /// Vectored: hyper then queues a message's head and body as they are (its "queue"
+    /// strategy) instead of first copying the body behind the head, and the one copy into
+    /// the DATA frame is the only one.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_send(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -81,7 +81,7 @@ async fn counting_server() -> std::net::SocketAddr {
 }
 
 /// A tunnel, through a new HBONE server and client connection, to a new counting server.
-async fn tunnel_to_counting_server() -> (H2Stream, StreamGuard) {
+async fn tunnel_to_counting_server(settings: Settings) -> (H2Stream, StreamGuard) {
     let ca = Authority::generate("cluster.local").unwrap();
     let client_cert = cert(&ca, "spiffe://cluster.local/ns/a/sa/client");
     let server_cert = cert(&ca, "spiffe://cluster.local/ns/b/sa/server");
@@ -94,7 +94,7 @@ async fn tunnel_to_counting_server() -> (H2Stream, StreamGuard) {
     )
     .await
     .unwrap();
-    let conn = handshake(tls, Settings::default()).await.unwrap();
+    let conn = handshake(tls, settings).await.unwrap();
     conn.connect(ConnectRequest {
         authority: target,
         headers: Default::default(),
@@ -112,7 +112,7 @@ async fn tunnels_bytes_exactly_with_half_close() {
         .unwrap();
     let (mut accepted, _) = local.accept().await.unwrap();
 
-    let (stream, _guard) = tunnel_to_counting_server().await;
+    let (stream, _guard) = tunnel_to_counting_server(Settings::default()).await;
     let proxy = tokio::spawn(async move {
         let mut copied = Copied::default();
         copy_bidirectional(&mut accepted, stream, &mut copied)
@@ -217,7 +217,7 @@ async fn opens_wait_while_max_opening_are_unanswered() {
 #[tokio::test]
 async fn h2io_writes_of_mixed_sizes_arrive_intact_and_in_order() {
     use tokio::io::AsyncWriteExt;
-    let (stream, _guard) = tunnel_to_counting_server().await;
+    let (stream, _guard) = tunnel_to_counting_server(Settings::default()).await;
     let mut io = H2Io::new(stream);
     let mut sent = Vec::new();
     // Around the cork's pass-through size and past it, written without waiting for the peer.
@@ -227,6 +227,74 @@ async fn h2io_writes_of_mixed_sizes_arrive_intact_and_in_order() {
         io.write_all(&chunk).await.unwrap();
         sent.extend_from_slice(&chunk);
     }
+    io.shutdown().await.unwrap();
+    let expect_sum = sent
+        .iter()
+        .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(*b as u64));
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), io.read_to_string(&mut answer))
+        .await
+        .expect("the counting server answered")
+        .unwrap();
+    assert_eq!(answer, format!("{} {expect_sum}", sent.len()));
+}
+
+/// Vectored writes (hyper's head and body, as slices) through `H2Io`: a write takes what
+/// the stream's window allows, possibly ending inside a slice, and the rest follows intact.
+#[tokio::test]
+async fn h2io_vectored_writes_arrive_intact_when_cut_by_the_window() {
+    use std::io::IoSlice;
+    use tokio::io::{AsyncWrite, AsyncWriteExt};
+    // A small send buffer: h2 grants a stream capacity only up to it.
+    let settings = Settings {
+        max_send_buffer: 32 * 1024,
+        ..Settings::default()
+    };
+    let (stream, _guard) = tunnel_to_counting_server(settings).await;
+    let mut io = H2Io::new(stream);
+    assert!(io.is_write_vectored());
+    let mut sent = Vec::new();
+    let mut cut = 0;
+    for i in 0..300u32 {
+        // Past the 64-KiB window now and then, so that some writes end mid-slice.
+        let lens = [[0, 120, 1024], [37, 70_000, 5], [16_384, 1, 40_000]][i as usize % 3];
+        let slices: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(k, len)| {
+                (0..*len)
+                    .map(|j| ((i * 11 + k as u32 + j) % 251) as u8)
+                    .collect()
+            })
+            .collect();
+        let all: Vec<u8> = slices.concat();
+        let mut off = 0;
+        for _ in 0..10_000 {
+            if off == all.len() {
+                break;
+            }
+            // The slices from `off` on, the first one cut at `off`.
+            let mut start = off;
+            let mut bufs = Vec::new();
+            for s in &slices {
+                if start >= s.len() {
+                    start -= s.len();
+                    continue;
+                }
+                bufs.push(IoSlice::new(&s[start..]));
+                start = 0;
+            }
+            let n = io.write_vectored(&bufs).await.unwrap();
+            assert!(n > 0, "a vectored write made progress");
+            if n < all.len() - off {
+                cut += 1;
+            }
+            off += n;
+        }
+        assert_eq!(off, all.len(), "all of write {i} was taken");
+        sent.extend_from_slice(&all);
+    }
+    assert!(cut > 0, "some writes were cut by the window");
     io.shutdown().await.unwrap();
     let expect_sum = sent
         .iter()
