@@ -266,6 +266,10 @@ impl ConnRecord {
         m.closed.with_label_values(&labels).inc();
         m.received.with_label_values(&labels).inc_by(from_client);
         m.sent.with_label_values(&labels).inc_by(to_client);
+        // The entry formats addresses: only when it is written.
+        if !m.access_log.enabled() {
+            return;
+        }
         let addr = |p: &Party| p.addr.map(|a| a.to_string()).unwrap_or_default();
         let (src_addr, dst_addr) = (addr(&i.src), addr(&i.dst));
         let error = error.map(|e| e.to_string());

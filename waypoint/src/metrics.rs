@@ -350,7 +350,10 @@ impl Metrics {
         series.duration.observe(r.duration_ms);
         series.request_bytes.observe(r.request_bytes as f64);
         series.response_bytes.observe(r.response_bytes as f64);
-        self.access_log.write("request", &AccessEntry::from(&r));
+        // The entry's names are looked up as it is built: not when nothing is written.
+        if self.access_log.enabled() {
+            self.access_log.write("request", &AccessEntry::from(&r));
+        }
         if let (Some(spans), Some(ctx)) = (&self.spans, r.span) {
             if ctx.sampled {
                 spans.send(ctx, r);

@@ -14,7 +14,7 @@ use super::{
 
 impl MeshState {
     pub(super) fn compute_endpoints(&self) -> EndpointIndex {
-        let mut out = EndpointIndex::new();
+        let mut out = EndpointIndex::default();
         for svc in self.services.values() {
             let by_port = out
                 .entry(svc.namespace.clone())

@@ -57,9 +57,14 @@ pub struct Namespace {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The state's lookup maps. Their keys come from config (names, addresses of pods and
+/// services), never inserted from traffic, so a fast keyed hash serves: a waypoint's request
+/// makes a dozen lookups, each a SipHash of a name with the std hasher.
+pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// namespace -> service name -> service port -> ready endpoints. Nested so that lookups borrow
 /// `&str` keys instead of building owned tuple keys per connection.
-type EndpointIndex = HashMap<String, HashMap<String, HashMap<u16, Box<[Endpoint]>>>>;
+type EndpointIndex = Map<String, Map<String, Map<u16, Box<[Endpoint]>>>>;
 
 /// One endpoint of a service port: the workload and the port it listens on.
 #[derive(Clone, Debug)]
@@ -70,11 +75,11 @@ pub struct Endpoint {
 
 #[derive(Debug, Default)]
 pub struct MeshState {
-    namespaces: HashMap<String, Namespace>,
+    namespaces: Map<String, Namespace>,
     workloads: BTreeMap<String, Arc<Workload>>,
-    by_ip: HashMap<Ipv4Addr, Arc<Workload>>,
+    by_ip: Map<Ipv4Addr, Arc<Workload>>,
     services: BTreeMap<(String, String), Arc<Service>>,
-    by_vip: HashMap<Ipv4Addr, Arc<Service>>,
+    by_vip: Map<Ipv4Addr, Arc<Service>>,
     /// (namespace, name, service port) -> ready endpoints.
     endpoints: EndpointIndex,
     rejections: Vec<Rejection>,
@@ -86,18 +91,18 @@ pub struct MeshState {
     /// The same, as a node agent enforces them (see `AuthorizationPolicy::for_l4`).
     authz_l4: BTreeMap<String, Vec<Arc<AuthorizationPolicy>>>,
     /// Workload UID -> the L4 policies that apply to it.
-    applicable_l4: HashMap<String, Arc<[Arc<AuthorizationPolicy>]>>,
+    applicable_l4: Map<String, Arc<[Arc<AuthorizationPolicy>]>>,
     peer_auth: Vec<PeerAuthentication>,
     /// EndpointSlices by (namespace, service name).
-    slices: HashMap<(String, String), Vec<Arc<EndpointSlice>>>,
+    slices: Map<(String, String), Vec<Arc<EndpointSlice>>>,
     service_entries: Vec<Arc<ServiceEntry>>,
     /// What the analyzers found (`analysis.rs`), rejections included.
     findings: Vec<Finding>,
     /// Services by fully-qualified host name.
-    by_host: HashMap<String, Arc<Service>>,
+    by_host: Map<String, Arc<Service>>,
     /// The reverse: each service's host name, by namespace and name, so that a waypoint's
     /// request finds its host without formatting it.
-    host_names: HashMap<String, HashMap<String, String>>,
+    host_names: Map<String, Map<String, String>>,
     virtual_services: Vec<Arc<VirtualService>>,
     request_authns: Vec<Arc<RequestAuthentication>>,
     destination_rules: Vec<Arc<DestinationRule>>,

@@ -1,7 +1,7 @@
 //! Traffic objects in the mesh state: which VirtualService and DestinationRule govern a host,
 //! which endpoints a subset selects, and which waypoint a service or workload uses.
 
-use std::collections::HashMap;
+use super::Map;
 use std::sync::Arc;
 
 use super::{Endpoint, MeshState, Service, Workload};
@@ -25,7 +25,7 @@ pub struct Waypoint {
 /// What a waypoint looks up per request, indexed once per state.
 #[derive(Debug, Default)]
 pub(super) struct TrafficIndex {
-    hosts: HashMap<String, HostTraffic>,
+    hosts: Map<String, HostTraffic>,
     authz: TargetIndex<AuthorizationPolicy>,
     authn: TargetIndex<RequestAuthentication>,
 }
@@ -45,13 +45,13 @@ type ByKind<P> = [Vec<Arc<P>>; 3];
 /// Policies by the object their targetRefs name: namespace → name → per kind.
 #[derive(Debug)]
 struct TargetIndex<P> {
-    by_ns: HashMap<String, HashMap<String, ByKind<P>>>,
+    by_ns: Map<String, Map<String, ByKind<P>>>,
 }
 
 impl<P> Default for TargetIndex<P> {
     fn default() -> Self {
         TargetIndex {
-            by_ns: HashMap::new(),
+            by_ns: Map::default(),
         }
     }
 }
