@@ -59,7 +59,7 @@ pub struct Namespace {
 
 /// The state's lookup maps. Their keys come from config (names, addresses of pods and
 /// services), never inserted from traffic, so a fast keyed hash serves: a waypoint's request
-/// makes a dozen lookups, each a SipHash of a name with the std hasher.
+/// makes a dozen lookups, and the std hasher made each a SipHash of a name.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// namespace -> service name -> service port -> ready endpoints. Nested so that lookups borrow
