@@ -100,8 +100,9 @@ pub struct MeshState {
     findings: Vec<Finding>,
     /// Services by fully-qualified host name.
     by_host: Map<String, Arc<Service>>,
-    /// The reverse: each service's host name, by namespace and name, so that a waypoint's
-    /// request finds its host without formatting it.
+    /// Each Kubernetes Service's host name, by namespace and name, so that a waypoint's
+    /// request finds it without formatting it. (A ServiceEntry's service carries its host,
+    /// and its name, the host, may equal a Service's: it is not keyed here.)
     host_names: Map<String, Map<String, String>>,
     virtual_services: Vec<Arc<VirtualService>>,
     request_authns: Vec<Arc<RequestAuthentication>>,
@@ -182,11 +183,13 @@ impl MeshState {
         state.service_entries = entries;
         for s in state.services.values() {
             let host = s.hostname(&state.cluster_domain);
-            state
-                .host_names
-                .entry(s.namespace.clone())
-                .or_default()
-                .insert(s.name.clone(), host.clone());
+            if s.host.is_none() {
+                state
+                    .host_names
+                    .entry(s.namespace.clone())
+                    .or_default()
+                    .insert(s.name.clone(), host.clone());
+            }
             // A wildcard entry names no one host.
             if !host.starts_with('*') && (s.host.is_none() || !state.by_host.contains_key(&host)) {
                 state.by_host.insert(host, s.clone());
@@ -309,9 +312,12 @@ impl MeshState {
         self.by_host.get(host)
     }
 
-    /// `svc`'s host name (`Service::hostname`), as computed when the state was built; a
-    /// service from elsewhere gets it formatted.
-    pub fn host_name<'a>(&'a self, svc: &Service) -> Cow<'a, str> {
+    /// `svc`'s host name (`Service::hostname`): an entry's own, a Service's as computed when
+    /// the state was built; a Service from elsewhere gets it formatted.
+    pub fn host_name<'a>(&'a self, svc: &'a Service) -> Cow<'a, str> {
+        if let Some(h) = &svc.host {
+            return Cow::Borrowed(h);
+        }
         self.host_names
             .get(&svc.namespace)
             .and_then(|by_name| by_name.get(&svc.name))

@@ -181,6 +181,12 @@ fn a_service_host_name_is_read_from_the_state_not_formatted() {
         ..(**db).clone()
     };
     assert_eq!(s.host_name(&other), "cache.demo.svc.cluster.local");
+    // An entry's service is named by its host, which may be a Service's name too.
+    let entry_named_db = Service {
+        host: Some("db".into()),
+        ..(**db).clone()
+    };
+    assert_eq!(s.host_name(&entry_named_db), "db");
 }
 
 #[test]
