@@ -34,6 +34,8 @@ struct Figures {
     rss_per_conn_kib: Option<f64>,
     /// 2 s after they opened, before freed set-up memory is returned.
     rss_per_conn_early_kib: Option<f64>,
+    /// Share of CPU stolen by the hypervisor during the latency run alone.
+    latency_steal: f64,
 }
 
 pub fn tool(name: &str) -> Result<PathBuf> {
@@ -168,23 +170,26 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
     let oha = tool("oha")?;
     let cpu0 = agents_cpu(mesh)?;
     let started = Instant::now();
-    let lat = run_json(mesh.exec_command(
-        "client",
-        oha.to_str().unwrap(),
-        &[
-            "-z",
-            "15s",
-            "-q",
-            "1000",
-            "-c",
-            "4",
-            "--latency-correction",
-            "--no-tui",
-            "--output-format",
-            "json",
-            &url,
-        ],
-    ))?;
+    let (lat, latency_steal) = steal::during(|| {
+        run_json(mesh.exec_command(
+            "client",
+            oha.to_str().unwrap(),
+            &[
+                "-z",
+                "15s",
+                "-q",
+                "1000",
+                "-c",
+                "4",
+                "--latency-correction",
+                "--no-tui",
+                "--output-format",
+                "json",
+                &url,
+            ],
+        ))
+    })?;
+    f.latency_steal = latency_steal;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = agents_cpu(mesh)? - cpu0;
     all_ok(&lat, "latency run")?;
@@ -321,6 +326,10 @@ pub fn l4() -> Result<()> {
 
     let mut table = render(&direct, &meshed);
     table += &steal::report(&[("direct", direct_steal), ("meshed", meshed_steal)]);
+    table += &steal::report_latency(&[
+        ("direct", direct.latency_steal),
+        ("meshed", meshed.latency_steal),
+    ]);
     println!("{table}");
     let preamble = format!(
         "`cargo xtask bench l4`: one run, one two-node topology of network namespaces, measured \

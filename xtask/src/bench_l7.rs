@@ -30,6 +30,8 @@ struct Path {
     /// Proxy CPU per 1000 rps at the fixed rate.
     proxy_cores_per_1000: f64,
     proxy_rss_mib: f64,
+    /// Share of CPU stolen by the hypervisor during the latency run alone.
+    latency_steal: f64,
 }
 
 fn config() -> String {
@@ -113,19 +115,22 @@ fn measure(mesh: &Mesh, url: &str, proxy: &dyn Fn() -> Vec<u32>) -> Result<Path>
     p.proxy_cores_at_max = cpu / secs;
     let c0 = cpu_of(&proxy());
     let t0 = Instant::now();
-    let lat = oha(
-        mesh,
-        &[
-            "-z",
-            "15s",
-            "-q",
-            "1000",
-            "-c",
-            "4",
-            "--latency-correction",
-            url,
-        ],
-    )?;
+    let (lat, latency_steal) = steal::during(|| {
+        oha(
+            mesh,
+            &[
+                "-z",
+                "15s",
+                "-q",
+                "1000",
+                "-c",
+                "4",
+                "--latency-correction",
+                url,
+            ],
+        )
+    })?;
+    p.latency_steal = latency_steal;
     let (cpu, secs) = (cpu_of(&proxy()) - c0, t0.elapsed().as_secs_f64());
     crate::bench::all_ok(&lat, &format!("latency run through {url}"))?;
     let pct = |k: &str| lat["latencyPercentiles"][k].as_f64().map(|s| s * 1000.0);
@@ -179,6 +184,11 @@ pub fn l7() -> Result<()> {
         ("direct", direct_steal),
         ("nginx", nginx_steal),
         ("waypoint", wp_steal),
+    ]);
+    table += &steal::report_latency(&[
+        ("direct", direct.latency_steal),
+        ("nginx", via_nginx.latency_steal),
+        ("waypoint", via_wp.latency_steal),
     ]);
     println!("{table}");
     crate::bench::write_section("L7 (waypoint)", &l7_preamble(), &table)?;
