@@ -38,6 +38,10 @@ struct Figures {
     latency_steal: f64,
 }
 
+/// oha's arguments for both benches' latency runs: a fixed 1000 rps over 4 connections for
+/// 15 s, with latency correction (coordinated omission counted).
+pub const LATENCY_RUN: [&str; 7] = ["-z", "15s", "-q", "1000", "-c", "4", "--latency-correction"];
+
 pub fn tool(name: &str) -> Result<PathBuf> {
     let home = std::env::var("HOME").unwrap_or_default();
     for dir in [
@@ -171,23 +175,17 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
     let cpu0 = agents_cpu(mesh)?;
     let started = Instant::now();
     let (lat, latency_steal) = steal::during(|| {
-        run_json(mesh.exec_command(
-            "client",
-            oha.to_str().unwrap(),
-            &[
-                "-z",
-                "15s",
-                "-q",
-                "1000",
-                "-c",
-                "4",
-                "--latency-correction",
-                "--no-tui",
-                "--output-format",
-                "json",
-                &url,
-            ],
-        ))
+        run_json(
+            mesh.exec_command(
+                "client",
+                oha.to_str().unwrap(),
+                &[
+                    LATENCY_RUN.as_slice(),
+                    &["--no-tui", "--output-format", "json", &url],
+                ]
+                .concat(),
+            ),
+        )
     })?;
     f.latency_steal = latency_steal;
     let elapsed = started.elapsed().as_secs_f64();

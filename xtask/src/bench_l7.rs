@@ -118,16 +118,7 @@ fn measure(mesh: &Mesh, url: &str, proxy: &dyn Fn() -> Vec<u32>) -> Result<Path>
     let (lat, latency_steal) = steal::during(|| {
         oha(
             mesh,
-            &[
-                "-z",
-                "15s",
-                "-q",
-                "1000",
-                "-c",
-                "4",
-                "--latency-correction",
-                url,
-            ],
+            &[crate::bench::LATENCY_RUN.as_slice(), &[url]].concat(),
         )
     })?;
     p.latency_steal = latency_steal;

@@ -69,11 +69,7 @@ fn share(a: &Sample, b: &Sample) -> f64 {
 /// One line for under a bench's table, naming each phase's steal, and a warning on stderr
 /// when any phase is above [`UNRELIABLE`].
 pub fn report(phases: &[(&str, f64)]) -> String {
-    let list: Vec<String> = phases
-        .iter()
-        .map(|(name, s)| format!("{name} {:.0} %", s * 100.0))
-        .collect();
-    let worst = phases.iter().map(|p| p.1).fold(0.0, f64::max);
+    let (list, worst) = listed(phases);
     let verdict = if worst > UNRELIABLE {
         eprintln!(
             "warning: the hypervisor took {:.0} % of the CPU during a phase; timings of this run \
@@ -87,30 +83,30 @@ pub fn report(phases: &[(&str, f64)]) -> String {
     } else {
         String::new()
     };
-    format!(
-        "\nCPU stolen by the hypervisor during each phase: {}{verdict}.\n",
-        list.join(", ")
-    )
+    format!("\nCPU stolen by the hypervisor during each phase: {list}{verdict}.\n")
 }
 
 /// One line naming the steal during each fixed-rate latency run alone, which a phase's share
 /// can hide (a phase also holds throughput and memory runs); from [`TAIL_UNRELIABLE`] it says
 /// that run's percentiles are not to be read.
 pub fn report_latency(runs: &[(&str, f64)]) -> String {
-    let list: Vec<String> = runs
-        .iter()
-        .map(|(name, s)| format!("{name} {:.0} %", s * 100.0))
-        .collect();
-    let worst = runs.iter().map(|r| r.1).fold(0.0, f64::max);
+    let (list, worst) = listed(runs);
     let verdict = if worst >= TAIL_UNRELIABLE {
         " (1 % or more: that run's percentiles unreliable)"
     } else {
         ""
     };
-    format!(
-        "During the 1000-rps latency runs alone: {}{verdict}.\n",
-        list.join(", ")
-    )
+    format!("During the 1000-rps latency runs alone: {list}{verdict}.\n")
+}
+
+/// "name N %, …" and the largest share.
+fn listed(shares: &[(&str, f64)]) -> (String, f64) {
+    let list: Vec<String> = shares
+        .iter()
+        .map(|(name, s)| format!("{name} {:.0} %", s * 100.0))
+        .collect();
+    let worst = shares.iter().map(|s| s.1).fold(0.0, f64::max);
+    (list.join(", "), worst)
 }
 
 #[cfg(test)]
