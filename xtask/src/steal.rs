@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 const UNRELIABLE: f64 = 0.10;
 /// From this share of a latency run (what the report prints as 1 %), its percentiles are the
 /// host's: at 1000 rps, 1 % of a 15-s run on two vCPUs is 300 ms of one vCPU's time, which can
-/// hold back more than 1 % of the requests. Session 25 saw +2.1 ms added p99 with 1 % stolen over a phase and
-/// +20 ms with 8 %, against +0.2 to +0.4 ms in quiet runs of the same build
+/// hold back more than 1 % of the requests. Session 25 saw +2.1 ms added p99 with 1 % stolen
+/// over a phase and +20 ms with 8 %, against +0.2 to +0.4 ms in quiet runs of the same build
 /// (docs/benchmarks.md).
 const TAIL_UNRELIABLE: f64 = 0.005;
 
