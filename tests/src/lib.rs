@@ -546,7 +546,7 @@ impl Mesh {
             .arg("--cgroup")
             .arg(p.cgroup.join("app"))
             .args(["--netns", &format!("/run/netns/{}", p.netns)]);
-        self.start_listening(cmd, "HTTP app")
+        self.start_listening(cmd, "HTTP app").map(drop)
     }
 
     /// Runs `e2e-app load` in `pod` and returns its JSON summary.
@@ -767,19 +767,20 @@ impl Mesh {
             pod,
             &["echo-server", "--port", &port.to_string(), "--name", pod],
         );
-        self.start_listening(cmd, "echo server")
+        self.start_listening(cmd, "echo server").map(drop)
     }
 
     /// Spawns a server (`cmd`), waits for the `listening` line test servers print once they
-    /// accept, and keeps it for cleanup.
-    pub fn start_listening(&mut self, mut cmd: Command, what: &str) -> Result<()> {
+    /// accept, and keeps it for cleanup. Returns its pid.
+    pub fn start_listening(&mut self, mut cmd: Command, what: &str) -> Result<u32> {
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn()?;
+        let pid = child.id();
         let mut out = child.stdout.take().expect("piped");
         self.children.push(child);
         let mut buf = [0u8; 10];
         out.read_exact(&mut buf)
             .with_context(|| format!("{what} did not start"))?;
-        Ok(())
+        Ok(pid)
     }
 
     /// Opens `count` idle connections from `pod` to `addr` with `e2e-tool hold`; returns once

@@ -4,27 +4,28 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use lanyard_e2e::{Mesh, PodSpec};
 use serde_json::Value;
 
+use crate::at_rate::{self, AtRate};
 use crate::steal;
 
 const IPERF_PORT: &str = "5201";
 const HTTP_PORT: u16 = 8080;
 const HOLD_PORT: u16 = 9000;
+/// The plain relays' ports, in the client and the server pod (outside the agent's 150xx).
+const RELAY_PORTS: [u16; 2] = [16001, 16002];
 const IDLE_CONNS: usize = 10_000;
 
 #[derive(Debug, Default, Clone)]
 struct Figures {
     gbps: f64,
     cpu_s_per_gb: Option<f64>,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    cores_at_1000rps: Option<f64>,
+    /// The latency run, and the agents' cost of it when meshed.
+    at_rate: AtRate,
     new_conns_per_s: f64,
     rss_idle_mib: Option<f64>,
     /// The largest idle agent's RSS split: anonymous memory, and mapped files (the binary's
@@ -34,8 +35,6 @@ struct Figures {
     rss_per_conn_kib: Option<f64>,
     /// 2 s after they opened, before freed set-up memory is returned.
     rss_per_conn_early_kib: Option<f64>,
-    /// Share of CPU stolen by the hypervisor during the latency run alone.
-    latency_steal: f64,
 }
 
 /// oha's arguments for both benches' latency runs: a fixed 1000 rps over 4 connections for
@@ -80,13 +79,8 @@ pub fn ensure_tools() -> Result<()> {
 
 /// utime + stime of a process, in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let rest = stat.rsplit_once(") ").context("malformed stat")?.1;
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    Ok(ticks / hz)
+    let (user, system) = at_rate::cpu_split(pid)?;
+    Ok(user + system)
 }
 
 pub fn rss_kib(pid: u32) -> Result<f64> {
@@ -171,38 +165,13 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
 
     // Latency at a fixed 1000 rps, 1 KiB responses, 4 connections.
     let url = format!("http://{server}:{HTTP_PORT}/");
-    let oha = tool("oha")?;
-    let cpu0 = agents_cpu(mesh)?;
-    let started = Instant::now();
-    let (lat, latency_steal) = steal::during(|| {
-        run_json(
-            mesh.exec_command(
-                "client",
-                oha.to_str().unwrap(),
-                &[
-                    LATENCY_RUN.as_slice(),
-                    &["--no-tui", "--output-format", "json", &url],
-                ]
-                .concat(),
-            ),
-        )
-    })?;
-    f.latency_steal = latency_steal;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = agents_cpu(mesh)? - cpu0;
-    all_ok(&lat, "latency run")?;
-    let pct = |k: &str| lat["latencyPercentiles"][k].as_f64().map(|s| s * 1000.0);
-    f.p50_ms = pct("p50").context("p50")?;
-    f.p90_ms = pct("p90").context("p90")?;
-    f.p99_ms = pct("p99").context("p99")?;
-    if meshed {
-        f.cores_at_1000rps = Some(cpu / elapsed);
-    }
+    let agents: Vec<u32> = if meshed { agent_pids(mesh) } else { Vec::new() };
+    f.at_rate = at_rate::run(latency_run(mesh, &url)?, &agents)?;
 
     // New connections per second: one request per connection, as fast as it goes.
     let conns = run_json(mesh.exec_command(
         "client",
-        oha.to_str().unwrap(),
+        tool("oha")?.to_str().unwrap(),
         &[
             "-z",
             "8s",
@@ -224,9 +193,7 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
         // Memory: idle, then with 10k idle proxied connections. The wait lets the pool's idle
         // connections go.
         std::thread::sleep(Duration::from_secs(35));
-        let pids: Vec<u32> = (0..mesh.nodes.len())
-            .filter_map(|i| mesh.agent_pid(i))
-            .collect();
+        let pids = agent_pids(mesh);
         let idle: Vec<f64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
         f.rss_idle_mib = Some(idle.iter().cloned().fold(0.0, f64::max) / 1024.0);
         if let Some((_, pid)) = idle.iter().zip(&pids).max_by(|a, b| a.0.total_cmp(b.0)) {
@@ -258,6 +225,55 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
         drop(held);
     }
     Ok(f)
+}
+
+fn agent_pids(mesh: &Mesh) -> Vec<u32> {
+    (0..mesh.nodes.len())
+        .filter_map(|i| mesh.agent_pid(i))
+        .collect()
+}
+
+/// The client pod's oha command for the latency run against `url`.
+fn latency_run(mesh: &Mesh, url: &str) -> Result<Command> {
+    Ok(mesh.exec_command(
+        "client",
+        tool("oha")?.to_str().unwrap(),
+        &[
+            LATENCY_RUN.as_slice(),
+            &["--no-tui", "--output-format", "json", url],
+        ]
+        .concat(),
+    ))
+}
+
+/// The floor for any two-proxy path on this machine: the latency run through two relays that
+/// do nothing but copy (`e2e-tool relay`: one thread, tokio, the agent's scheduling policy),
+/// one in each pod where the agents' listeners sit, before the namespace is enrolled. What
+/// the agents spend above it is their own work (mTLS, HBONE, policy, metrics); what the
+/// relays spend is the cost of two more wake-ups per packet on this host.
+fn floor(mesh: &mut Mesh) -> Result<AtRate> {
+    let server = mesh.pod("server").ip;
+    let [client_port, server_port] = RELAY_PORTS;
+    let hop = format!("{server}:{server_port}");
+    let relays = [
+        ("server", hop.clone(), format!("{server}:{HTTP_PORT}")),
+        ("client", format!("127.0.0.1:{client_port}"), hop),
+    ];
+    let mut pids = Vec::new();
+    for (pod, listen, to) in &relays {
+        let cmd = mesh.command(pod, &["relay", "--listen", listen, "--to", to]);
+        pids.push(mesh.start_listening(cmd, "relay")?);
+    }
+    let url = format!("http://127.0.0.1:{client_port}/");
+    let run = at_rate::run(latency_run(mesh, &url)?, &pids);
+    for pid in pids {
+        // Gone before the namespace is enrolled; the mesh reaps them on drop.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    run
 }
 
 /// Release binaries: those in `$LANYARD_BENCH_BINS` when set (built earlier, e.g. to compare
@@ -316,24 +332,30 @@ pub fn l4() -> Result<()> {
 
     eprintln!("measuring direct (namespace not enrolled)…");
     let (direct, direct_steal) = steal::during(|| measure(&mut mesh, false))?;
+    eprintln!("measuring the floor (two plain relays, namespace not enrolled)…");
+    let relays = floor(&mut mesh)?;
     mesh.set_namespace_ambient("bench", true)?;
     mesh.wait_enrolled(Duration::from_secs(15))?;
     eprintln!("measuring meshed (namespace enrolled)…");
     let (meshed, meshed_steal) = steal::during(|| measure(&mut mesh, true))?;
     drop(mesh);
 
-    let mut table = render(&direct, &meshed);
+    let mut table = render(&direct, &relays, &meshed);
     table += &steal::report(&[("direct", direct_steal), ("meshed", meshed_steal)]);
     table += &steal::report_latency(&[
-        ("direct", direct.latency_steal),
-        ("meshed", meshed.latency_steal),
+        ("direct", direct.at_rate.steal),
+        ("relays", relays.steal),
+        ("meshed", meshed.at_rate.steal),
     ]);
     println!("{table}");
     let preamble = format!(
         "`cargo xtask bench l4`: one run, one two-node topology of network namespaces, measured \
 first direct (namespace not enrolled), then meshed (enrolled), release builds. Single stream: \
 iperf3, 8 s. Latency: oha at a fixed 1000 rps, 4 connections, 1 KiB responses, \
-`--latency-correction`, 15 s. New connections: oha, 16 workers, keep-alive off, 8 s. Memory: \
+`--latency-correction`, 15 s. Two plain relays: the same latency run before enrolment through \
+two relays where the agents sit (client pod, server pod) that only copy bytes (`e2e-tool relay`: \
+one thread, tokio, the agents' `batch` scheduling): the floor for a two-proxy path on this \
+machine, so the agents' own cost is what they add above it. New connections: oha, 16 workers, keep-alive off, 8 s. Memory: \
 agent VmRSS idle, then with {IDLE_CONNS} idle proxied connections held open, once they have \
 idled past the agent's {trim}-s heap trim (and 2 s after opening, in brackets).",
         trim = lanyard_core::heap::TRIM_INTERVAL.as_secs()
@@ -341,41 +363,59 @@ idled past the agent's {trim}-s heap trim (and 2 s after opening, in brackets)."
     write_section("L4 (agent)", &preamble, &table)
 }
 
-fn render(d: &Figures, m: &Figures) -> String {
+fn render(d: &Figures, r: &AtRate, m: &Figures) -> String {
     let opt =
         |v: Option<f64>, unit: &str| v.map_or("–".to_string(), |v| format!("{v:.2} {unit}"));
     let mut t = String::new();
-    t += "| figure | direct | meshed | meshed vs direct | target |\n|---|---|---|---|---|\n";
+    t += "| figure | direct | two plain relays | meshed | meshed vs direct | target |\n\
+          |---|---|---|---|---|---|\n";
     t += &format!(
-        "| single-stream throughput | {:.2} Gb/s | {:.2} Gb/s | {:.2}× | ≥ 0.5× |\n",
+        "| single-stream throughput | {:.2} Gb/s | – | {:.2} Gb/s | {:.2}× | ≥ 0.5× |\n",
         d.gbps,
         m.gbps,
         m.gbps / d.gbps
     );
     t += &format!(
-        "| CPU-s per GB, both agents | – | {} | – | ≤ 1.2 |\n",
+        "| CPU-s per GB, both agents | – | – | {} | – | ≤ 1.2 |\n",
         opt(m.cpu_s_per_gb, "s")
     );
-    for (name, dv, mv, target) in [
-        ("p50 latency @1000 rps", d.p50_ms, m.p50_ms, ""),
-        ("p90 latency @1000 rps", d.p90_ms, m.p90_ms, ""),
-        ("p99 latency @1000 rps", d.p99_ms, m.p99_ms, "≤ +0.15 ms"),
+    let (dr, mr) = (&d.at_rate, &m.at_rate);
+    for (name, dv, rv, mv, target) in [
+        ("p50", dr.p50_ms, r.p50_ms, mr.p50_ms, ""),
+        ("p90", dr.p90_ms, r.p90_ms, mr.p90_ms, ""),
+        ("p99", dr.p99_ms, r.p99_ms, mr.p99_ms, "≤ +0.15 ms"),
     ] {
         t += &format!(
-            "| {name} | {dv:.3} ms | {mv:.3} ms | +{:.3} ms | {target} |\n",
+            "| {name} latency @1000 rps | {dv:.3} ms | {rv:.3} ms (+{:.3}) | {mv:.3} ms | +{:.3} ms | {target} |\n",
+            rv - dv,
             mv - dv
         );
     }
+    let cost = |c: Option<at_rate::Cost>, f: fn(at_rate::Cost) -> String| c.map_or("–".into(), f);
     t += &format!(
-        "| CPU of both agents @1000 rps | – | {} | – | ≤ 0.08 cores |\n",
-        opt(m.cores_at_1000rps, "cores")
+        "| CPU of both proxies @1000 rps | – | {} | {} | – | ≤ 0.08 cores |\n",
+        cost(r.cost, |c| format!("{:.3} cores", c.cores)),
+        cost(mr.cost, |c| format!("{:.3} cores", c.cores)),
+    );
+    t += &format!(
+        "| their kernel share; context switches per request per proxy | – | {} | {} | – |  |\n",
+        cost(r.cost, |c| format!(
+            "{:.0} %; {:.2}",
+            c.system_share * 100.0,
+            c.switches_per_request
+        )),
+        cost(mr.cost, |c| format!(
+            "{:.0} %; {:.2}",
+            c.system_share * 100.0,
+            c.switches_per_request
+        )),
     );
     let split = m
         .rss_idle_split_mib
         .map(|(anon, file)| format!(" (anon {anon:.1}, files {file:.1})"))
         .unwrap_or_default();
     t += &format!(
-        "| agent RSS idle (largest agent) | – | {}{split} | – | ≤ 10 MiB |\n",
+        "| agent RSS idle (largest agent) | – | – | {}{split} | – | ≤ 10 MiB |\n",
         opt(m.rss_idle_mib, "MiB")
     );
     let early = m
@@ -383,11 +423,11 @@ fn render(d: &Figures, m: &Figures) -> String {
         .map(|v| format!(" ({v:.2} at 2 s)"))
         .unwrap_or_default();
     t += &format!(
-        "| RSS per idle proxied connection, per agent | – | {}{early} | – | ≤ 2 KiB |\n",
+        "| RSS per idle proxied connection, per agent | – | – | {}{early} | – | ≤ 2 KiB |\n",
         opt(m.rss_per_conn_kib, "KiB")
     );
     t += &format!(
-        "| new connections/s (one request each) | {:.0} | {:.0} | {:.2}× | ≥ 0.5× |\n",
+        "| new connections/s (one request each) | {:.0} | – | {:.0} | {:.2}× | ≥ 0.5× |\n",
         d.new_conns_per_s,
         m.new_conns_per_s,
         m.new_conns_per_s / d.new_conns_per_s

@@ -9,6 +9,7 @@
 //! - `demo [--keep]`: a local two-node mesh, walked through step by step;
 //! - `bench l4` / `bench l7` / `bench policy`: figures written to docs/benchmarks.md.
 
+mod at_rate;
 mod bench;
 mod bench_l7;
 mod chart;

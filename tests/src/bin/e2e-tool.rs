@@ -14,7 +14,9 @@
 //!   server greets each with one byte, which the client reads before it reports, so a held
 //!   connection is established end to end, not only accepted by a proxy on the way;
 //! - `stall-server --port P`: a listener whose accept queue is full, so that connection
-//!   attempts hang unanswered (connect timeouts).
+//!   attempts hang unanswered (connect timeouts);
+//! - `relay --listen A --to B [--scheduling batch|normal]`: a plain TCP relay doing no work of
+//!   its own (one thread, epoll, a copy each way): the benchmarks' floor for a proxy hop.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -288,10 +290,44 @@ fn main() {
                 .unwrap_or_else(|e| fail(&format!("read: {e}")));
             print!("{out}");
         }
+        Some("relay") => relay(&args),
         _ => fail(
-            "usage: e2e-tool pause|exec|echo-server|client|conns|send [--cgroup CG] [--netns NS]",
+            "usage: e2e-tool pause|exec|echo-server|client|conns|send|relay [--cgroup CG] [--netns NS]",
         ),
     }
+}
+
+/// What the agent's data path costs at the least: its workers' design (one thread, epoll via
+/// tokio, the same scheduling policy) with nothing between the two sockets but a copy.
+fn relay(args: &[String]) {
+    use lanyard_core::runtime::{set_thread_scheduling, Scheduling};
+    let listen: SocketAddr = arg(args, "--listen").unwrap().parse().unwrap();
+    let to: SocketAddr = arg(args, "--to").unwrap().parse().unwrap();
+    let scheduling: Scheduling = arg(args, "--scheduling")
+        .map_or(Ok(Scheduling::Batch), |s| s.parse())
+        .unwrap_or_else(|e| fail(&e));
+    set_thread_scheduling(scheduling).unwrap_or_else(|e| fail(&format!("scheduling: {e}")));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        println!("listening");
+        loop {
+            let Ok((mut client, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
 }
 
 fn serve_http(s: TcpStream, response: &[u8]) {
