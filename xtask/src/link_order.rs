@@ -102,9 +102,9 @@ pub fn write_waypoint() -> Result<()> {
     }
     crate::bench::use_release_binaries()?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut mesh = crate::bench_l7::topology("lordw")?;
-    crate::bench_l7::enroll(&mut mesh)?;
-    let pid = *crate::bench_l7::cgroup_pids(&crate::bench_l7::waypoint_cgroup(&mesh))
+    let mut mesh = crate::bench::l7::topology("lordw")?;
+    crate::bench::l7::enroll(&mut mesh)?;
+    let pid = *crate::bench::l7::cgroup_pids(&crate::bench::l7::waypoint_cgroup(&mesh))
         .first()
         .context("no waypoint process")?;
     let tmp = tempfile::tempdir()?;
@@ -115,7 +115,7 @@ pub fn write_waypoint() -> Result<()> {
         .stdout(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_secs(1));
-    let load = crate::bench_l7::waypoint_load(&mesh);
+    let load = crate::bench::l7::waypoint_load(&mesh);
     // perf writes its data on SIGINT.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(perf.id() as i32),
@@ -286,7 +286,7 @@ fn uprobe_counter(pmu: u32, bin: &Path, file_offset: u64) -> Result<OwnedFd> {
 /// connections to expire. A failed step fails the run: the list would miss the code that
 /// step should have run (as it did while ring's assembly was probed).
 fn traffic() -> Result<()> {
-    let mesh = crate::bench::l4_mesh("lord", true)?;
+    let mesh = crate::bench::l4::mesh("lord", true)?;
     let (iperf, oha) = (tool("iperf3")?, tool("oha")?);
     let server = mesh.pod("server").ip.to_string();
     let url = format!("http://{server}:8080/");

@@ -9,9 +9,7 @@
 //! - `demo [--keep]`: a local two-node mesh, walked through step by step;
 //! - `bench l4` / `bench l7` / `bench policy`: figures written to docs/benchmarks.md.
 
-mod at_rate;
 mod bench;
-mod bench_l7;
 mod chart;
 mod crds;
 mod demo;
@@ -20,7 +18,6 @@ mod demo_l7;
 mod deploy_tests;
 mod link_order;
 mod setup;
-mod steal;
 
 use std::process::Command;
 
@@ -88,12 +85,12 @@ fn main() -> Result<()> {
         Cmd::Bench { suite } => match suite.as_str() {
             "l4" => {
                 setup::ensure()?;
-                bench::l4()
+                bench::l4::run()
             }
-            "policy" => bench::policy(),
+            "policy" => bench::policy::run(),
             "l7" => {
                 setup::ensure()?;
-                bench_l7::l7()
+                bench::l7::run()
             }
             other => bail!("unknown benchmark suite {other:?} (have: l4, l7, policy)"),
         },

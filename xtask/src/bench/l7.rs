@@ -15,8 +15,8 @@ use anyhow::{Context, Result};
 use lanyard_e2e::{Mesh, PodSpec, ServiceSpec};
 use serde_json::Value;
 
-use crate::bench::{cpu_seconds, rss_kib, run_json, tool};
-use crate::steal;
+use super::{all_ok, cpu_seconds, rss_kib, run_json, steal, tool};
+use super::{apt_install, ensure_tools, use_release_binaries, write_section, LATENCY_RUN};
 
 const VIP: &str = "10.96.0.30";
 
@@ -108,22 +108,18 @@ fn measure(mesh: &Mesh, url: &str, proxy: &dyn Fn() -> Vec<u32>) -> Result<Path>
     let t0 = Instant::now();
     let max = oha(mesh, &["-z", "10s", "-c", "16", url])?;
     let (cpu, secs) = (cpu_of(&proxy()) - c0, t0.elapsed().as_secs_f64());
-    crate::bench::all_ok(&max, &format!("max rps run through {url}"))?;
+    all_ok(&max, &format!("max rps run through {url}"))?;
     p.max_rps = max["summary"]["requestsPerSec"]
         .as_f64()
         .context("requestsPerSec")?;
     p.proxy_cores_at_max = cpu / secs;
     let c0 = cpu_of(&proxy());
     let t0 = Instant::now();
-    let (lat, latency_steal) = steal::during(|| {
-        oha(
-            mesh,
-            &[crate::bench::LATENCY_RUN.as_slice(), &[url]].concat(),
-        )
-    })?;
+    let (lat, latency_steal) =
+        steal::during(|| oha(mesh, &[LATENCY_RUN.as_slice(), &[url]].concat()))?;
     p.latency_steal = latency_steal;
     let (cpu, secs) = (cpu_of(&proxy()) - c0, t0.elapsed().as_secs_f64());
-    crate::bench::all_ok(&lat, &format!("latency run through {url}"))?;
+    all_ok(&lat, &format!("latency run through {url}"))?;
     let pct = |k: &str| lat["latencyPercentiles"][k].as_f64().map(|s| s * 1000.0);
     p.p50_ms = pct("p50").context("p50")?;
     p.p99_ms = pct("p99").context("p99")?;
@@ -132,12 +128,12 @@ fn measure(mesh: &Mesh, url: &str, proxy: &dyn Fn() -> Vec<u32>) -> Result<Path>
     Ok(p)
 }
 
-pub fn l7() -> Result<()> {
-    crate::bench::ensure_tools()?;
+pub fn run() -> Result<()> {
+    ensure_tools()?;
     if !std::path::Path::new("/usr/sbin/nginx").exists() {
-        crate::bench::apt_install("nginx-light")?;
+        apt_install("nginx-light")?;
     }
-    crate::bench::use_release_binaries()?;
+    use_release_binaries()?;
     let mut mesh = topology("benc7")?;
     let server = format!("{}:8080", mesh.pod("server").ip);
     let conf = nginx_conf(mesh.dir.path(), &server)?;
@@ -182,7 +178,7 @@ pub fn l7() -> Result<()> {
         ("waypoint", via_wp.latency_steal),
     ]);
     println!("{table}");
-    crate::bench::write_section("L7 (waypoint)", &l7_preamble(), &table)?;
+    write_section("L7 (waypoint)", &l7_preamble(), &table)?;
     Ok(())
 }
 
@@ -245,7 +241,7 @@ pub fn waypoint_load(mesh: &Mesh) -> Result<()> {
         &["-z", "15s", "-q", "1000", "-c", "4", url.as_str()][..],
     ] {
         let out = oha(mesh, args)?;
-        crate::bench::all_ok(&out, &format!("load through {url}"))?;
+        all_ok(&out, &format!("load through {url}"))?;
     }
     Ok(())
 }

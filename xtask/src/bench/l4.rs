@@ -2,16 +2,15 @@
 //! and meshed (enrolled), in one run, with release builds. Figures are reported as ratios to
 //! direct where that makes sense; absolute figures are for this machine only.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lanyard_e2e::{Mesh, PodSpec};
-use serde_json::Value;
 
-use crate::at_rate::{self, AtRate};
-use crate::steal;
+use super::at_rate::{self, AtRate};
+use super::{all_ok, cpu_seconds, ensure_tools, rss_kib, run_json, status_kib, steal, tool};
+use super::{use_release_binaries, write_section, LATENCY_RUN};
 
 const IPERF_PORT: &str = "5201";
 const HTTP_PORT: u16 = 8080;
@@ -37,108 +36,12 @@ struct Figures {
     rss_per_conn_early_kib: Option<f64>,
 }
 
-/// oha's arguments for both benches' latency runs: a fixed 1000 rps over 4 connections for
-/// 15 s, with latency correction (coordinated omission counted).
-pub const LATENCY_RUN: [&str; 7] = ["-z", "15s", "-q", "1000", "-c", "4", "--latency-correction"];
-
-pub fn tool(name: &str) -> Result<PathBuf> {
-    let home = std::env::var("HOME").unwrap_or_default();
-    for dir in [
-        format!("{home}/.cargo/bin"),
-        "/usr/bin".into(),
-        "/usr/local/bin".into(),
-    ] {
-        let p = Path::new(&dir).join(name);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    bail!("{name} not found: `cargo xtask bench` installs it, or install it yourself")
-}
-
-/// A Debian package a bench needs (root; the machine's apt sources).
-pub fn apt_install(package: &str) -> Result<()> {
-    let s = Command::new("apt-get")
-        .args(["install", "-y", "-qq", package])
-        .status()?;
-    if !s.success() {
-        bail!("apt-get install {package} failed");
-    }
-    Ok(())
-}
-
-pub fn ensure_tools() -> Result<()> {
-    if tool("iperf3").is_err() {
-        apt_install("iperf3")?;
-    }
-    if tool("oha").is_err() {
-        crate::cargo(&["install", "oha", "--locked"])?;
-    }
-    Ok(())
-}
-
-/// utime + stime of a process, in seconds.
-pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let (user, system) = at_rate::cpu_split(pid)?;
-    Ok(user + system)
-}
-
-pub fn rss_kib(pid: u32) -> Result<f64> {
-    status_kib(pid, "VmRSS:")
-}
-
-/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `RssAnon:`, `RssFile:`).
-fn status_kib(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .with_context(|| format!("{field} value"))?
-        .parse()?)
-}
-
 fn agents_cpu(mesh: &Mesh) -> Result<f64> {
     let mut total = 0.0;
     for i in 0..mesh.nodes.len() {
         total += cpu_seconds(mesh.agent_pid(i).context("agent not running")?)?;
     }
     Ok(total)
-}
-
-pub fn run_json(mut cmd: Command) -> Result<Value> {
-    let out = cmd.stdin(Stdio::null()).output()?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("parsing output: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Fails unless every request of an oha run got a 200: a rate counts only answered requests
-/// (a failing path can be fast). Requests cut off by the end of a timed run are not failures.
-pub fn all_ok(oha: &Value, what: &str) -> Result<()> {
-    let codes = oha["statusCodeDistribution"]
-        .as_object()
-        .with_context(|| format!("{what}: no statusCodeDistribution"))?;
-    let errors = oha["errorDistribution"].as_object();
-    let failed = codes.keys().any(|c| c != "200")
-        || errors.is_some_and(|e| e.keys().any(|k| k != "aborted due to deadline"));
-    if failed || codes.is_empty() {
-        bail!(
-            "{what}: not every request succeeded: status codes {}, errors {}",
-            oha["statusCodeDistribution"],
-            oha["errorDistribution"]
-        );
-    }
-    Ok(())
 }
 
 fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
@@ -276,32 +179,10 @@ fn floor(mesh: &mut Mesh) -> Result<AtRate> {
     run
 }
 
-/// Release binaries: those in `$LANYARD_BENCH_BINS` when set (built earlier, e.g. to compare
-/// two versions while the tree changes), else a fresh release build of the workspace.
-pub fn release_binaries() -> Result<PathBuf> {
-    let dir = match std::env::var_os("LANYARD_BENCH_BINS") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            crate::cargo(&["build", "--release", "--workspace", "--bins"])?;
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release")
-        }
-    };
-    if !dir.join("lanyard-agent").exists() {
-        bail!("no lanyard-agent in {}", dir.display());
-    }
-    Ok(dir)
-}
-
-/// Points the harness at [`release_binaries`].
-pub fn use_release_binaries() -> Result<()> {
-    std::env::set_var("LANYARD_BIN_DIR", release_binaries()?);
-    Ok(())
-}
-
 /// The L4 bench's topology (a client pod on node 0, a server pod on node 1, namespace
 /// `bench`), with the servers the bench uses in the server pod: iperf3 on 5201, a 1 KiB HTTP
 /// server on 8080, and a server that greets and holds connections on 9000.
-pub fn l4_mesh(prefix: &str, enrolled: bool) -> Result<Mesh> {
+pub fn mesh(prefix: &str, enrolled: bool) -> Result<Mesh> {
     let mut mesh = Mesh::builder(prefix)
         .nodes(2)
         .namespace("bench", enrolled)
@@ -324,10 +205,10 @@ pub fn l4_mesh(prefix: &str, enrolled: bool) -> Result<Mesh> {
     Ok(mesh)
 }
 
-pub fn l4() -> Result<()> {
+pub fn run() -> Result<()> {
     ensure_tools()?;
     use_release_binaries()?;
-    let mut mesh = l4_mesh("bench", false)?;
+    let mut mesh = mesh("bench", false)?;
     std::thread::sleep(Duration::from_millis(300));
 
     eprintln!("measuring direct (namespace not enrolled)…");
@@ -433,190 +314,4 @@ fn render(d: &Figures, r: &AtRate, m: &Figures) -> String {
         m.new_conns_per_s / d.new_conns_per_s
     );
     t
-}
-
-/// `cargo xtask bench policy`: the criterion benchmark of the policy engine; its medians go to
-/// docs/benchmarks.md (its own section, replaced on each run).
-pub fn policy() -> Result<()> {
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["bench", "-p", "lanyard-core", "--bench", "policy"])
-        .stderr(Stdio::inherit())
-        .output()?;
-    if !out.status.success() {
-        bail!("cargo bench failed");
-    }
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    print!("{text}");
-    // criterion prints "name\n   time:   [low median high]"
-    let mut rows = Vec::new();
-    let mut last_name = String::new();
-    for line in text.lines() {
-        if let Some(rest) = line.trim().strip_prefix("time:") {
-            let parts: Vec<&str> = rest
-                .trim()
-                .trim_matches(|c| c == '[' || c == ']')
-                .split_whitespace()
-                .collect();
-            if parts.len() >= 4 {
-                rows.push((last_name.clone(), format!("{} {}", parts[2], parts[3])));
-            }
-        } else if !line.starts_with(' ') && !line.trim().is_empty() {
-            last_name = line.trim().to_string();
-        }
-    }
-    let targets = [("l4 decision", "≤ 1 µs"), ("config update", "≤ 50 ms")];
-    let mut table = String::from("| benchmark | median | target |\n|---|---|---|\n");
-    for (name, median) in &rows {
-        let target = targets
-            .iter()
-            .find(|(p, _)| name.starts_with(p))
-            .map_or("", |t| t.1);
-        table += &format!("| {name} | {median} | {target} |\n");
-    }
-    write_section(
-        "Policy engine",
-        "`cargo xtask bench policy` (criterion, median). 5,000 AuthorizationPolicies in 100 namespaces, 50 applying to the destination workload (the last one matching).",
-        &table,
-    )
-}
-
-/// Replaces the generated block of the section `## {title}` of docs/benchmarks.md (or
-/// appends the section), with a line saying when and where it ran. What a session wrote in
-/// the section around the block stays.
-pub fn write_section(title: &str, preamble: &str, table: &str) -> Result<()> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let date = String::from_utf8(
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()?
-            .stdout,
-    )?;
-    let block = format!(
-        "{preamble}\n\nRun: {}, {} on {cores} cores ({cpu}), Linux {}\n\n{}",
-        date.trim(),
-        binaries_built_from(),
-        kernel.trim(),
-        table.trim_end()
-    );
-    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let out = splice_section(&existing, title, &block);
-    std::fs::write(&path, out)?;
-    eprintln!("written to {}", path.display());
-    Ok(())
-}
-
-/// What the measured binaries were built from: this tree's commit (and whether it had
-/// uncommitted changes), or the directory `$LANYARD_BENCH_BINS` named.
-fn binaries_built_from() -> String {
-    if let Some(dir) = std::env::var_os("LANYARD_BENCH_BINS") {
-        return format!("binaries from {}", dir.to_string_lossy());
-    }
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    // The file a run writes is left changed by the run before it: not a change to the build.
-    let status = [
-        "status",
-        "--porcelain",
-        "--untracked-files=no",
-        "--",
-        ":(top)",
-        ":(top,exclude)docs/benchmarks.md",
-    ];
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(commit) => match git(&status) {
-            Some(changes) if changes.is_empty() => format!("commit {commit}"),
-            _ => format!("commit {commit} with uncommitted changes"),
-        },
-        None => "an unknown commit".into(),
-    }
-}
-
-const BEGIN: &str = "<!-- written by `cargo xtask bench`: begin -->";
-const END: &str = "<!-- written by `cargo xtask bench`: end -->";
-
-/// `doc` with `block` between the markers of section `## {title}`: in place of the old
-/// block, else first in the section, else in a new section at the end.
-fn splice_section(doc: &str, title: &str, block: &str) -> String {
-    let marked = format!("{BEGIN}\n{block}\n{END}");
-    let mut parts: Vec<String> = doc.split("\n## ").map(str::to_string).collect();
-    let head = parts.remove(0);
-    let heading = |p: &str| p.lines().next().unwrap_or_default().trim().to_string();
-    match parts.iter_mut().find(|p| heading(p) == title) {
-        Some(p) => {
-            *p = match (p.find(BEGIN), p.find(END)) {
-                (Some(b), Some(e)) if b < e => {
-                    format!("{}{marked}{}", &p[..b], &p[e + END.len()..])
-                }
-                _ => {
-                    let rest = p.split_once('\n').map_or("", |(_, r)| r);
-                    format!("{title}\n\n{marked}\n\n{}", rest.trim_start())
-                }
-            }
-        }
-        None => parts.push(format!("{title}\n\n{marked}")),
-    }
-    let mut out = head.trim_end().to_string();
-    for p in parts {
-        out += "\n\n## ";
-        out += p.trim_end();
-    }
-    out += "\n";
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DOC: &str = "# Benchmarks\n\nIntro.\n\n## L4 (agent)\n\nSession 15 notes.\n\n## L7 (waypoint)\n\nL7 notes.\n";
-
-    #[test]
-    fn a_run_replaces_only_its_block_and_keeps_the_notes() {
-        let first = splice_section(DOC, "L4 (agent)", "| run 1 |");
-        assert!(
-            first.contains(&format!(
-                "## L4 (agent)\n\n{BEGIN}\n| run 1 |\n{END}\n\nSession 15 notes."
-            )),
-            "{first}"
-        );
-        let second = splice_section(&first, "L4 (agent)", "| run 2 |");
-        assert!(!second.contains("run 1"), "{second}");
-        let kept = format!("| run 2 |\n{END}\n\nSession 15 notes.");
-        assert!(second.contains(&kept), "{second}");
-        assert!(
-            second.contains("## L7 (waypoint)\n\nL7 notes.\n"),
-            "{second}"
-        );
-        assert_eq!(second.matches(BEGIN).count(), 1);
-        assert_eq!(splice_section(&second, "L4 (agent)", "| run 2 |"), second);
-    }
-
-    #[test]
-    fn a_new_suite_gets_a_section_at_the_end() {
-        let out = splice_section(DOC, "Policy engine", "| p |");
-        assert!(
-            out.ends_with(&format!("## Policy engine\n\n{BEGIN}\n| p |\n{END}\n")),
-            "{out}"
-        );
-        assert!(
-            out.starts_with("# Benchmarks\n\nIntro.\n\n## L4 (agent)"),
-            "{out}"
-        );
-    }
 }

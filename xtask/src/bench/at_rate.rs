@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::{bench, steal};
+use super::steal;
 
 /// Percentiles of one latency run, and the cost to the proxies that were measured.
 #[derive(Debug, Default, Clone)]
@@ -44,10 +44,10 @@ struct Usage {
 pub fn run(oha: Command, proxies: &[u32]) -> Result<AtRate> {
     let before = usage(proxies)?;
     let started = Instant::now();
-    let (lat, steal) = steal::during(|| bench::run_json(oha))?;
+    let (lat, steal) = steal::during(|| super::run_json(oha))?;
     let elapsed = started.elapsed().as_secs_f64();
     let after = usage(proxies)?;
-    bench::all_ok(&lat, "latency run")?;
+    super::all_ok(&lat, "latency run")?;
     let pct = |k: &str| {
         lat["latencyPercentiles"][k]
             .as_f64()
