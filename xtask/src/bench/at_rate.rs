@@ -1,14 +1,18 @@
-//! The L4 bench's latency run (oha at a fixed 1000 rps) and what the proxies on the path spent
-//! on it: CPU, the kernel's share of it, and context switches per request. The last two tell a
-//! proxy's own work apart from the cost of being woken once per packet, which a proxy that does
-//! nothing at all pays as well.
+//! The benches' latency run (oha in the client pod at a fixed 1000 rps) and what the proxies on
+//! the path spent on it: CPU, the kernel's share of it, and context switches per request. The
+//! last two tell a proxy's own work apart from the cost of being woken once per packet, which a
+//! proxy that does nothing at all pays as well.
 
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use lanyard_e2e::Mesh;
 
-use super::steal;
+use super::{all_ok, run_json, steal, tool};
+
+/// oha's arguments for the latency run: a fixed 1000 rps over 4 connections for 15 s, with
+/// latency correction (coordinated omission counted).
+const LATENCY_RUN: [&str; 7] = ["-z", "15s", "-q", "1000", "-c", "4", "--latency-correction"];
 
 /// Percentiles of one latency run, and the cost to the proxies that were measured.
 #[derive(Debug, Default, Clone)]
@@ -39,15 +43,24 @@ struct Usage {
     switches: u64,
 }
 
-/// Runs `oha` (a latency run printing JSON) and measures `proxies` over it; with no proxies,
-/// only the percentiles.
-pub fn run(oha: Command, proxies: &[u32]) -> Result<AtRate> {
+/// Runs the latency run from the client pod against `url` and measures `proxies` over it;
+/// with no proxies, only the percentiles.
+pub fn run(mesh: &Mesh, url: &str, proxies: &[u32]) -> Result<AtRate> {
+    let oha = mesh.exec_command(
+        "client",
+        tool("oha")?.to_str().unwrap(),
+        &[
+            LATENCY_RUN.as_slice(),
+            &["--no-tui", "--output-format", "json", url],
+        ]
+        .concat(),
+    );
     let before = usage(proxies)?;
     let started = Instant::now();
-    let (lat, steal) = steal::during(|| super::run_json(oha))?;
+    let (lat, steal) = steal::during(|| run_json(oha))?;
     let elapsed = started.elapsed().as_secs_f64();
     let after = usage(proxies)?;
-    super::all_ok(&lat, "latency run")?;
+    all_ok(&lat, &format!("latency run through {url}"))?;
     let pct = |k: &str| {
         lat["latencyPercentiles"][k]
             .as_f64()

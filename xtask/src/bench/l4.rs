@@ -2,7 +2,7 @@
 //! and meshed (enrolled), in one run, with release builds. Figures are reported as ratios to
 //! direct where that makes sense; absolute figures are for this machine only.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -10,7 +10,7 @@ use lanyard_e2e::{Mesh, PodSpec};
 
 use super::at_rate::{self, AtRate};
 use super::{all_ok, cpu_seconds, ensure_tools, rss_kib, run_json, status_kib, steal, tool};
-use super::{use_release_binaries, write_section, LATENCY_RUN};
+use super::{use_release_binaries, write_section};
 
 const IPERF_PORT: &str = "5201";
 const HTTP_PORT: u16 = 8080;
@@ -37,11 +37,7 @@ struct Figures {
 }
 
 fn agents_cpu(mesh: &Mesh) -> Result<f64> {
-    let mut total = 0.0;
-    for i in 0..mesh.nodes.len() {
-        total += cpu_seconds(mesh.agent_pid(i).context("agent not running")?)?;
-    }
-    Ok(total)
+    agent_pids(mesh)?.into_iter().map(cpu_seconds).sum()
 }
 
 fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
@@ -68,8 +64,12 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
 
     // Latency at a fixed 1000 rps, 1 KiB responses, 4 connections.
     let url = format!("http://{server}:{HTTP_PORT}/");
-    let agents: Vec<u32> = if meshed { agent_pids(mesh) } else { Vec::new() };
-    f.at_rate = at_rate::run(latency_run(mesh, &url)?, &agents)?;
+    let agents = if meshed {
+        agent_pids(mesh)?
+    } else {
+        Vec::new()
+    };
+    f.at_rate = at_rate::run(mesh, &url, &agents)?;
 
     // New connections per second: one request per connection, as fast as it goes.
     let conns = run_json(mesh.exec_command(
@@ -96,7 +96,7 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
         // Memory: idle, then with 10k idle proxied connections. The wait lets the pool's idle
         // connections go.
         std::thread::sleep(Duration::from_secs(35));
-        let pids = agent_pids(mesh);
+        let pids = agent_pids(mesh)?;
         let idle: Vec<f64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_>>()?;
         f.rss_idle_mib = Some(idle.iter().cloned().fold(0.0, f64::max) / 1024.0);
         if let Some((_, pid)) = idle.iter().zip(&pids).max_by(|a, b| a.0.total_cmp(b.0)) {
@@ -130,23 +130,11 @@ fn measure(mesh: &mut Mesh, meshed: bool) -> Result<Figures> {
     Ok(f)
 }
 
-fn agent_pids(mesh: &Mesh) -> Vec<u32> {
+/// Every node's agent: a meshed figure taken with one missing would be wrong, not smaller.
+fn agent_pids(mesh: &Mesh) -> Result<Vec<u32>> {
     (0..mesh.nodes.len())
-        .filter_map(|i| mesh.agent_pid(i))
+        .map(|i| mesh.agent_pid(i).context("agent not running"))
         .collect()
-}
-
-/// The client pod's oha command for the latency run against `url`.
-fn latency_run(mesh: &Mesh, url: &str) -> Result<Command> {
-    Ok(mesh.exec_command(
-        "client",
-        tool("oha")?.to_str().unwrap(),
-        &[
-            LATENCY_RUN.as_slice(),
-            &["--no-tui", "--output-format", "json", url],
-        ]
-        .concat(),
-    ))
 }
 
 /// The floor for any two-proxy path on this machine: the latency run through two relays that
@@ -168,7 +156,7 @@ fn floor(mesh: &mut Mesh) -> Result<AtRate> {
         pids.push(mesh.start_listening(cmd, "relay")?);
     }
     let url = format!("http://127.0.0.1:{client_port}/");
-    let run = at_rate::run(latency_run(mesh, &url)?, &pids);
+    let run = at_rate::run(mesh, &url, &pids);
     for pid in pids {
         // Gone before the namespace is enrolled; the mesh reaps them on drop.
         let _ = nix::sys::signal::kill(
@@ -236,8 +224,8 @@ iperf3, 8 s. Latency: oha at a fixed 1000 rps, 4 connections, 1 KiB responses, \
 `--latency-correction`, 15 s. Two plain relays: the same latency run before enrolment through \
 two relays where the agents sit (client pod, server pod) that only copy bytes (`e2e-tool relay`: \
 one thread, tokio, the agents' `batch` scheduling): the floor for a two-proxy path on this \
-machine, so the agents' own cost is what they add above it. New connections: oha, 16 workers, keep-alive off, 8 s. Memory: \
-agent VmRSS idle, then with {IDLE_CONNS} idle proxied connections held open, once they have \
+machine, so the agents' own cost is what they add above it. New connections: oha, 16 \
+workers, keep-alive off, 8 s. Memory: agent VmRSS idle, then with {IDLE_CONNS} idle proxied connections held open, once they have \
 idled past the agent's {trim}-s heap trim (and 2 s after opening, in brackets).",
         trim = lanyard_core::heap::TRIM_INTERVAL.as_secs()
     );
@@ -272,24 +260,22 @@ fn render(d: &Figures, r: &AtRate, m: &Figures) -> String {
             mv - dv
         );
     }
-    let cost = |c: Option<at_rate::Cost>, f: fn(at_rate::Cost) -> String| c.map_or("–".into(), f);
+    // The same two cells for the relays and the agents.
+    let cells = |f: fn(at_rate::Cost) -> String| {
+        let cell = |c: Option<at_rate::Cost>| c.map_or("–".to_string(), f);
+        format!("{} | {}", cell(r.cost), cell(mr.cost))
+    };
     t += &format!(
-        "| CPU of both proxies @1000 rps | – | {} | {} | – | ≤ 0.08 cores |\n",
-        cost(r.cost, |c| format!("{:.3} cores", c.cores)),
-        cost(mr.cost, |c| format!("{:.3} cores", c.cores)),
+        "| CPU of both proxies @1000 rps | – | {} | – | ≤ 0.08 cores |\n",
+        cells(|c| format!("{:.3} cores", c.cores))
     );
     t += &format!(
-        "| their kernel share; context switches per request per proxy | – | {} | {} | – |  |\n",
-        cost(r.cost, |c| format!(
+        "| their kernel share; context switches per request per proxy | – | {} | – |  |\n",
+        cells(|c| format!(
             "{:.0} %; {:.2}",
             c.system_share * 100.0,
             c.switches_per_request
-        )),
-        cost(mr.cost, |c| format!(
-            "{:.0} %; {:.2}",
-            c.system_share * 100.0,
-            c.switches_per_request
-        )),
+        ))
     );
     let split = m
         .rss_idle_split_mib

@@ -16,7 +16,7 @@ use lanyard_e2e::{Mesh, PodSpec, ServiceSpec};
 use serde_json::Value;
 
 use super::{all_ok, cpu_seconds, rss_kib, run_json, steal, tool};
-use super::{apt_install, ensure_tools, use_release_binaries, write_section, LATENCY_RUN};
+use super::{apt_install, at_rate, ensure_tools, use_release_binaries, write_section};
 
 const VIP: &str = "10.96.0.30";
 
@@ -113,17 +113,11 @@ fn measure(mesh: &Mesh, url: &str, proxy: &dyn Fn() -> Vec<u32>) -> Result<Path>
         .as_f64()
         .context("requestsPerSec")?;
     p.proxy_cores_at_max = cpu / secs;
-    let c0 = cpu_of(&proxy());
-    let t0 = Instant::now();
-    let (lat, latency_steal) =
-        steal::during(|| oha(mesh, &[LATENCY_RUN.as_slice(), &[url]].concat()))?;
-    p.latency_steal = latency_steal;
-    let (cpu, secs) = (cpu_of(&proxy()) - c0, t0.elapsed().as_secs_f64());
-    all_ok(&lat, &format!("latency run through {url}"))?;
-    let pct = |k: &str| lat["latencyPercentiles"][k].as_f64().map(|s| s * 1000.0);
-    p.p50_ms = pct("p50").context("p50")?;
-    p.p99_ms = pct("p99").context("p99")?;
-    p.proxy_cores_per_1000 = cpu / secs;
+    let lat = at_rate::run(mesh, url, &proxy())?;
+    p.latency_steal = lat.steal;
+    p.p50_ms = lat.p50_ms;
+    p.p99_ms = lat.p99_ms;
+    p.proxy_cores_per_1000 = lat.cost.map_or(0.0, |c| c.cores);
     p.proxy_rss_mib = proxy().iter().filter_map(|p| rss_kib(*p).ok()).sum::<f64>() / 1024.0;
     Ok(p)
 }

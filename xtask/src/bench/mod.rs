@@ -22,10 +22,6 @@ use serde_json::Value;
 
 pub use doc::write_section;
 
-/// oha's arguments for both benches' latency runs: a fixed 1000 rps over 4 connections for
-/// 15 s, with latency correction (coordinated omission counted).
-pub const LATENCY_RUN: [&str; 7] = ["-z", "15s", "-q", "1000", "-c", "4", "--latency-correction"];
-
 pub fn tool(name: &str) -> Result<PathBuf> {
     let home = std::env::var("HOME").unwrap_or_default();
     for dir in [
